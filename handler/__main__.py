@@ -1,0 +1,26 @@
+"""Local server: `python -m handler` runs the same app under uvicorn (HOST and PORT from the environment)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import uvicorn
+
+from handler.app import create_app
+from handler.config import ConfigError
+
+
+def main() -> int:
+    try:
+        app = create_app()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    # The app logs one JSON line per request itself; uvicorn's access log would repeat it.
+    uvicorn.run(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")), access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The app factory: one ASGI app for Mangum and uvicorn alike, its state on `app.state`."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from handler.chat_service import ChatService
+from handler.config import Settings, load_settings
+from handler.errors import install_error_handlers
+from handler.logs import configure_logging
+from handler.model import ModelHolder
+from handler.request_context import RequestContextMiddleware
+from handler.routes import chat, health
+
+
+def create_app(settings: Settings | None = None, *, model: ModelHolder | None = None) -> FastAPI:
+    """Build the app without touching the model: it loads on the first request that needs it."""
+    settings = settings or load_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="LLM chat service",
+        summary="A GGUF model behind /chat, with a tiered response cache.",
+        version="0.1.0",
+    )
+    app.state.settings = settings
+    app.state.model = model or ModelHolder(settings)
+    app.state.chat = ChatService(settings, app.state.model)
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(chat.router)
+    app.include_router(health.router)
+    return app

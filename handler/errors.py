@@ -1,0 +1,114 @@
+"""Every error the service answers with, and the one place that turns them into responses.
+
+A body carries what the caller can act on and the request id; the cause of a fault inside
+(paths, exception text, stack) goes only to the log, under the same request id.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error with a status and a message that is safe to show the caller."""
+
+    status_code = 500
+    error_type = "internal_error"
+    public_message = "The service failed to answer; the request id identifies the cause in the log."
+
+    def __init__(self, cause: str = "") -> None:
+        super().__init__(cause)
+        self.cause = cause  # for the log only
+
+
+class ModelUnavailable(ServiceError):
+    """The model cannot be loaded now; a later request tries again."""
+
+    status_code = 503
+    error_type = "model_unavailable"
+    public_message = "The model could not be loaded. It is retried on the next request; try again shortly."
+
+
+class GenerationFailed(ServiceError):
+    status_code = 500
+    error_type = "generation_failed"
+    public_message = "The model failed while generating the answer; the request id identifies it in the log."
+
+
+class ContextOverflow(ServiceError):
+    """Prompt plus requested tokens do not fit the context window: the caller's to fix."""
+
+    status_code = 400
+    error_type = "context_length_exceeded"
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:
+        super().__init__(f"prompt {prompt_tokens} + max_tokens {max_tokens} > n_ctx {n_ctx}")
+        self.public_message = (
+            f"The prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}: together "
+            f"{prompt_tokens + max_tokens}, more than the model's context of {n_ctx} tokens. "
+            "Shorten the prompt or lower max_tokens."
+        )
+
+
+class BadRequest(ServiceError):
+    status_code = 400
+    error_type = "invalid_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.public_message = message
+
+
+def request_id_of(request: Request) -> str:
+    return getattr(request.state, "request_id", "") or ""
+
+
+def error_body(request: Request, error_type: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"type": error_type, "message": message, "request_id": request_id_of(request), **extra}}
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    level = logging.WARNING if exc.status_code < 500 else logging.ERROR
+    log.log(level, "%s: %s", exc.error_type, exc.cause, extra={"request_id": request_id_of(request)})
+    return JSONResponse(error_body(request, exc.error_type, exc.public_message), status_code=exc.status_code)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """Field-level messages, without echoing the input (which may be a long or private prompt)."""
+    assert isinstance(exc, RequestValidationError)
+    fields = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+        fields.append({"field": ".".join(loc) or "body", "message": error.get("msg", "invalid")})
+    summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    return JSONResponse(
+        error_body(request, "invalid_request", f"Invalid request: {summary}", fields=fields), status_code=422
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse(
+        error_body(request, "http_error", str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", extra={"request_id": request_id_of(request)})
+    return JSONResponse(error_body(request, "internal_error", ServiceError.public_message), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,163 @@
+"""The one object that owns the loaded model: lazy load, one generation at a time.
+
+llama.cpp contexts are not thread-safe, so a single lock covers both the load and every
+generation. Requests that arrive together before the model is loaded queue on that lock:
+the first loads the model, the rest find it loaded. A failed load leaves nothing behind,
+so the next request tries again instead of the container staying broken.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from handler.config import Settings
+from handler.errors import ContextOverflow, GenerationFailed, ModelUnavailable
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+log = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What, besides the prompt, decides the answer of one generation."""
+
+    max_tokens: int
+    stop: tuple[str, ...]
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    seed: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, max_tokens: int) -> SamplingParams:
+        return cls(
+            max_tokens=max_tokens,
+            stop=tuple(settings.stop),
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            min_p=settings.min_p,
+            repeat_penalty=settings.repeat_penalty,
+            seed=settings.seed,
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished answer, with what a cache entry and a usage report need."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Loader = Callable[[Settings], "Llama"]
+
+
+def check_gguf(path: str) -> None:
+    """Fail with a readable cause before llama.cpp does with a vague one."""
+    file = Path(path)
+    if not file.is_file():
+        raise ModelUnavailable(f"model file {path} does not exist")
+    with file.open("rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelUnavailable(f"model file {path} is not a GGUF file (starts with {magic!r})")
+
+
+def load_llama(settings: Settings) -> Llama:
+    """Load the GGUF with llama-cpp-python; imported here so that importing the service stays cheap."""
+    check_gguf(settings.model_path)
+    from llama_cpp import Llama
+
+    try:
+        return Llama(
+            model_path=settings.model_path,
+            n_gpu_layers=settings.n_gpu_layers,
+            n_ctx=settings.n_ctx,
+            n_batch=settings.n_batch,
+            n_threads=settings.n_threads,
+            seed=settings.seed,
+            verbose=False,
+        )
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ModelUnavailable(f"llama.cpp could not load {settings.model_path}: {exc}") from exc
+
+
+class ModelHolder:
+    """Owns the model of one container; every method is blocking and meant for a worker thread."""
+
+    def __init__(self, settings: Settings, loader: Loader = load_llama) -> None:
+        self.settings = settings
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._llama: Any = None
+        self.load_seconds: float | None = None
+        self.generations = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self._llama is not None
+
+    def _ensure_loaded(self) -> Any:
+        """Load under the caller's lock; on failure nothing is kept, so a later call retries."""
+        if self._llama is None:
+            started = time.perf_counter()
+            try:
+                llama = self._loader(self.settings)
+            except ModelUnavailable:
+                raise
+            except Exception as exc:  # an unexpected loader fault is still "unavailable", never fatal
+                raise ModelUnavailable(f"loading {self.settings.model_path} failed: {exc!r}") from exc
+            self.load_seconds = time.perf_counter() - started
+            log.info("model loaded", extra={"model_path": self.settings.model_path, "load_s": self.load_seconds})
+            self._llama = llama
+        return self._llama
+
+    def load(self) -> None:
+        with self._lock:
+            self._ensure_loaded()
+
+    def complete(self, prompt: str, params: SamplingParams) -> Completion:
+        """Generate one answer; raises ModelUnavailable, ContextOverflow or GenerationFailed."""
+        with self._lock:
+            llama = self._ensure_loaded()
+            prompt_tokens = len(llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))
+            if prompt_tokens + params.max_tokens > self.settings.n_ctx:
+                raise ContextOverflow(prompt_tokens, params.max_tokens, self.settings.n_ctx)
+            try:
+                out = llama.create_completion(
+                    prompt=prompt,
+                    max_tokens=params.max_tokens,
+                    stop=list(params.stop),
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    top_k=params.top_k,
+                    min_p=params.min_p,
+                    repeat_penalty=params.repeat_penalty,
+                    seed=params.seed,
+                )
+            except Exception as exc:
+                raise GenerationFailed(f"llama.cpp generation failed: {exc!r}") from exc
+            self.generations += 1
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        return Completion(
+            text=choice["text"].strip(),
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=int(usage.get("prompt_tokens", prompt_tokens)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+        )

@@ -1,0 +1,50 @@
+"""Request and response bodies of the HTTP API; every field documents itself in /docs."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, description="What the human says; the system prompt is added by the service.")
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="Most tokens to generate; the service's default (100 unless configured) when left out.",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise ValueError("prompt must contain some text, not only whitespace")
+        return prompt
+
+
+class ChatResponse(BaseModel):
+    text: str = Field(description="The model's answer, without surrounding whitespace.")
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    request_id: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ModelStatus(BaseModel):
+    file: str
+    loaded: bool
+    load_seconds: float | None
+    generations: int
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model: ModelStatus

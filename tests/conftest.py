@@ -1,0 +1,139 @@
+"""Shared fixtures: the tiny real model, settings around it, apps, a real uvicorn server, event payloads."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from handler.app import create_app
+from handler.config import Settings
+from tests.tiny_gguf import CONTEXT, write_tiny_gguf
+
+EVENTS = Path(__file__).parent / "events"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("model") / "tiny.gguf")
+
+
+@pytest.fixture
+def settings(tiny_model: Path, tmp_path: Path) -> Settings:
+    return Settings(
+        model_path=str(tiny_model),
+        n_ctx=CONTEXT,
+        n_gpu_layers=0,
+        n_threads=1,
+        max_tokens_default=16,
+        cache_dir=str(tmp_path / "cache"),
+        log_level="WARNING",
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+class LiveServer:
+    """uvicorn serving an app on a loopback port, in a thread, for real HTTP."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start within 10 s")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture
+def live_server() -> Iterator[Callable[[FastAPI], LiveServer]]:
+    servers: list[LiveServer] = []
+
+    def start(app: FastAPI) -> LiveServer:
+        server = LiveServer(app).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__()
+
+
+@pytest.fixture
+def http(app: FastAPI, live_server: Callable[[FastAPI], LiveServer]) -> Iterator[httpx.Client]:
+    """An HTTP client talking to `app` through a real uvicorn server."""
+    with httpx.Client(base_url=live_server(app).url, timeout=30) as client:
+        yield client
+
+
+class FakeLambdaContext:
+    """The attributes Mangum and the service read from the Lambda context object."""
+
+    def __init__(self, request_id: str = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef") -> None:
+        self.aws_request_id = request_id
+        self.function_name = "chat"
+        self.memory_limit_in_mb = 3008
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+def lambda_event(kind: str, body: dict[str, Any] | str, path: str = "/chat", method: str = "POST",
+                 headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """A `sam local generate-event` payload (tests/events/) carrying our request, base64-encoded as sam writes it."""
+    event = copy.deepcopy(json.loads((EVENTS / f"{kind}.json").read_text()))
+    raw = body if isinstance(body, str) else json.dumps(body)
+    event["body"] = base64.b64encode(raw.encode()).decode()
+    event["isBase64Encoded"] = True
+    extra = {"content-type": "application/json", **(headers or {})}
+    if "version" in event:  # HTTP API v2 and function URLs
+        event["rawPath"] = path
+        event["rawQueryString"] = ""
+        event["queryStringParameters"] = {}
+        event["requestContext"]["http"]["path"] = path
+        event["requestContext"]["http"]["method"] = method
+        event["headers"].update(extra)
+    else:  # REST API v1 and ALB
+        event["path"] = path
+        event["httpMethod"] = method
+        event["queryStringParameters"] = {}
+        event.pop("multiValueQueryStringParameters", None)
+        event["headers"].update(extra)
+        if "multiValueHeaders" in event:
+            event["multiValueHeaders"].update({k: [v] for k, v in extra.items()})
+    return event
+
+
+def lambda_body(response: dict[str, Any]) -> Any:
+    body = response["body"]
+    if response.get("isBase64Encoded"):
+        body = base64.b64decode(body).decode()
+    return json.loads(body)

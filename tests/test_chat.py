@@ -1,0 +1,48 @@
+"""/chat end to end through uvicorn over real HTTP, on a real model."""
+
+from __future__ import annotations
+
+import httpx
+
+from handler.config import Settings
+from handler.prompt import compose
+
+
+def raw_answer(settings: Settings, prompt: str, max_tokens: int) -> str:
+    """The same generation straight from llama-cpp-python, as a reference."""
+    from llama_cpp import Llama
+
+    llama = Llama(model_path=settings.model_path, n_ctx=settings.n_ctx, n_gpu_layers=0, seed=0, verbose=False)
+    out = llama.create_completion(
+        compose(settings, prompt), max_tokens=max_tokens, stop=settings.stop, temperature=settings.temperature,
+        top_p=settings.top_p, top_k=settings.top_k, min_p=settings.min_p, repeat_penalty=settings.repeat_penalty,
+        seed=settings.seed,
+    )
+    return out["choices"][0]["text"].strip()
+
+
+def test_prompt_follows_the_design() -> None:
+    settings = Settings(system_prompt="Answer in rhymes!")
+    assert compose(settings, "Hi {there}") == "System: Answer in rhymes!\n\nHuman: Hi {there}\n\nAssistant:"
+
+
+def test_chat_over_http_equals_raw_llama_cpp(http: httpx.Client, settings: Settings) -> None:
+    response = http.post("/chat", json={"prompt": "What is the capital of France?", "max_tokens": 12})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"text": raw_answer(settings, "What is the capital of France?", 12)}
+    assert response.headers["x-request-id"]
+
+
+def test_max_tokens_defaults_from_config(http: httpx.Client, settings: Settings) -> None:
+    response = http.post("/chat", json={"prompt": "Hello"})
+    assert response.json()["text"] == raw_answer(settings, "Hello", settings.max_tokens_default)
+
+
+def test_model_loads_once_and_is_reused(http: httpx.Client) -> None:
+    assert http.get("/health").json()["model"]["loaded"] is False
+    for prompt in ("one", "two", "three"):
+        assert http.post("/chat", json={"prompt": prompt, "max_tokens": 4}).status_code == 200
+    model = http.get("/health").json()["model"]
+    assert model["loaded"] is True
+    assert model["generations"] == 3
+    assert model["file"] == "tiny.gguf"

@@ -1,0 +1,76 @@
+"""Config: the file as base, CHAT_* on top, one clear message per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from handler.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repository_config_is_valid_and_carries_the_design_defaults() -> None:
+    settings = load_settings(DEFAULT_CONFIG, environ={})
+    assert settings.system_prompt == "Answer in rhymes!"
+    assert settings.prompt_template == "System: {system_prompt}\n\nHuman: {prompt}\n\nAssistant:"
+    assert settings.stop == ["Human:"]
+    assert (settings.n_gpu_layers, settings.n_ctx, settings.n_batch) == (50, 2048, 512)
+    assert settings.model_path == str(DEFAULT_CONFIG.parent / "models" / "gemma-3-270m-q4_k_m.gguf")
+
+
+def test_environment_overrides_file_and_config_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "n_ctx: 1024\nsystem_prompt: Be brief.\n")
+    env = {"CHAT_CONFIG": str(path), "CHAT_N_CTX": "4096", "CHAT_STOP": '["###", "Human:"]',
+           "CHAT_SYSTEM_PROMPT": "123", "CHAT_CACHE_DIR": ""}
+    settings = load_settings(environ=env)
+    assert settings.n_ctx == 4096
+    assert settings.stop == ["###", "Human:"]
+    assert settings.system_prompt == "123"  # text fields stay text
+    assert settings.cache_dir is None
+
+
+def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "model_path: m/x.gguf\ncache_dir: c\n"), environ={})
+    assert settings.model_path == str(tmp_path / "m" / "x.gguf")
+    assert settings.cache_dir == str(tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ("n_ctx: [1\n", {}, "is not valid YAML"),
+        ("- a\n- b\n", {}, "must be a mapping"),
+        ("n_ctxx: 10\n", {}, "unknown key 'n_ctxx' (did you mean 'n_ctx'?)"),
+        ("n_ctx: lots\n", {}, "field 'n_ctx': Input should be a valid integer"),
+        ("n_batch: 512\n", {"CHAT_N_BATCH": "many"}, "environment variable CHAT_N_BATCH: Input should be a valid integer"),
+        ("prompt_template: 'System: {system_prompt}'\n", {}, "field 'prompt_template': Value error, must contain {prompt}"),
+        ("prompt_template: '{prompt} {user}'\n", {}, "unknown placeholder(s) ['user']"),
+        ("stop: ['']\n", {}, "stop strings must not be empty"),
+        ("temperature: 9\n", {}, "field 'temperature': Input should be less than or equal to 2"),
+    ],
+)
+def test_bad_config_is_one_clear_message_naming_file_and_field(
+    tmp_path: Path, text: str, env: dict[str, str], expected: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=env)
+    message = str(info.value)
+    assert expected in message
+    if "environment" not in expected:
+        assert str(path) in message
+
+
+def test_missing_config_file_says_how_to_point_elsewhere(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not found \(set CHAT_CONFIG"):
+        load_settings(environ={"CHAT_CONFIG": str(tmp_path / "nope.yaml")})
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, ""), environ={}).n_ctx == Settings().n_ctx
