@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from handler.cache.tiered import ResponseCache
 from handler.chat_service import ChatService
 from handler.config import Settings, load_settings
 from handler.errors import install_error_handlers
@@ -24,7 +25,7 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     )
     app.state.settings = settings
     app.state.model = model or ModelHolder(settings)
-    app.state.chat = ChatService(settings, app.state.model)
+    app.state.chat = ChatService(settings, app.state.model, ResponseCache(settings))
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(chat.router)

@@ -1,19 +1,39 @@
-"""Answering a chat request: compose the prompt, then run the model off the event loop."""
+"""Answering a completion: the cache first, then one generation per distinct request.
+
+The order is the product: memory, disk, then the model, so that a hit never loads it. A miss
+joins any identical generation in flight; the answer is stored by the worker that made it,
+so it is kept even when the caller has gone.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.concurrency import run_in_threadpool
 
+from handler.cache.keys import cache_key, model_identity
+from handler.cache.policy import CachePolicy
+from handler.cache.tiered import HIT_DISK, HIT_MEMORY, MISS, ResponseCache
 from handler.config import Settings
-from handler.errors import BadRequest
+from handler.errors import BadRequest, ModelUnavailable
 from handler.model import Completion, ModelHolder, SamplingParams
-from handler.prompt import compose
+from handler.single_flight import SingleFlight
+
+
+@dataclass(frozen=True)
+class Answer:
+    completion: Completion
+    source: str  # HIT-MEMORY, HIT-DISK or MISS, as the X-Cache header says
+    shared: bool = False  # a MISS that joined an identical generation already in flight
 
 
 class ChatService:
-    def __init__(self, settings: Settings, model: ModelHolder) -> None:
+    def __init__(self, settings: Settings, model: ModelHolder, cache: ResponseCache) -> None:
         self.settings = settings
         self.model = model
+        self.cache = cache
+        self.flights: SingleFlight[Completion] = SingleFlight()
+        self._identity: str | None = None
 
     def sampling(self, max_tokens: int | None) -> SamplingParams:
         max_tokens = self.settings.max_tokens_default if max_tokens is None else max_tokens
@@ -23,6 +43,33 @@ class ChatService:
             )
         return SamplingParams.from_settings(self.settings, max_tokens)
 
-    async def answer(self, prompt: str, max_tokens: int | None) -> Completion:
-        params = self.sampling(max_tokens)
-        return await run_in_threadpool(self.model.complete, compose(self.settings, prompt), params)
+    def _model_identity(self) -> str:
+        """Computed once per container; blocking (a stat, maybe a few reads)."""
+        if self._identity is None:
+            try:
+                self._identity = model_identity(self.settings.model_path, self.settings.model_sha256)
+            except OSError as exc:
+                raise ModelUnavailable(f"cannot identify model {self.settings.model_path}: {exc}") from exc
+        return self._identity
+
+    async def answer(self, kind: str, prompt: str, params: SamplingParams, policy: CachePolicy) -> Answer:
+        """`prompt` is the model's full input; `kind` names the answer's shape in the key."""
+        identity = self._identity or await run_in_threadpool(self._model_identity)
+        key = cache_key(kind, identity, prompt, params, self.settings.n_ctx)
+        if policy.read:
+            hit = self.cache.get_memory(key)
+            if hit is not None:
+                return Answer(hit, HIT_MEMORY)
+            hit = await run_in_threadpool(self.cache.get_disk, key)
+            if hit is not None:
+                return Answer(hit, HIT_DISK)
+        self.cache.misses += 1
+
+        def generate() -> Completion:
+            completion = self.model.complete(prompt, params)
+            if policy.store:
+                self.cache.put(key, completion)
+            return completion
+
+        completion, leader = await self.flights.run(key, generate)
+        return Answer(completion, MISS, shared=not leader)

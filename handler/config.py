@@ -47,7 +47,7 @@ class Settings(BaseModel):
     n_gpu_layers: int = Field(50, ge=-1, description="Layers offloaded to the GPU; ignored without one.")
     n_ctx: int = Field(2048, ge=64, le=131072, description="Context window in tokens.")
     n_batch: int = Field(512, ge=1, description="Prompt tokens evaluated per batch.")
-    n_threads: int | None = Field(None, ge=1, description="CPU threads; llama.cpp's default when unset.")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads; all usable cores when unset.")
 
     # Prompt
     system_prompt: str = Field("Answer in rhymes!", description="Fills {system_prompt} in the template.")
@@ -74,6 +74,11 @@ class Settings(BaseModel):
     cache_dir: str | None = Field(
         "/tmp/llm-chat-cache",
         description="Disk cache folder (in a function only /tmp is writable); empty or null turns the tier off.",
+    )
+    cache_seed_dir: str | None = Field(
+        None,
+        description="A warmed cache folder shipped in the image (read-only there); copied into cache_dir "
+        "when cache_dir has no cache yet, so a cold container starts with a warm disk tier.",
     )
     cache_disk_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, description="Disk cache size limit.")
     cache_ttl_seconds: float | None = Field(None, gt=0, description="Answers older than this are not served.")
@@ -175,10 +180,12 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     updates: dict[str, Any] = {}
     if not _is_uri(settings.model_path) and not os.path.isabs(settings.model_path):
         updates["model_path"] = str(base / settings.model_path)
-    if not settings.cache_dir:
-        updates["cache_dir"] = None
-    elif not os.path.isabs(settings.cache_dir):
-        updates["cache_dir"] = str(base / settings.cache_dir)
+    for key in ("cache_dir", "cache_seed_dir"):
+        folder = getattr(settings, key)
+        if not folder:
+            updates[key] = None
+        elif not os.path.isabs(folder):
+            updates[key] = str(base / folder)
     return settings.model_copy(update=updates) if updates else settings
 
 

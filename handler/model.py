@@ -9,6 +9,7 @@ so the next request tries again instead of the container staying broken.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -78,9 +79,22 @@ def check_gguf(path: str) -> None:
         raise ModelUnavailable(f"model file {path} is not a GGUF file (starts with {magic!r})")
 
 
+def usable_cores() -> int:
+    """All the cores this process may use: llama-cpp-python's default is half, which a function
+    (one request per container) leaves idle: 1.8x slower decoding measured on 2 cores."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def load_llama(settings: Settings) -> Llama:
     """Load the GGUF with llama-cpp-python; imported here so that importing the service stays cheap."""
     check_gguf(settings.model_path)
+    # llama.cpp's OpenMP threads otherwise spin after each generation and slow whatever runs next on
+    # the same cores: memory hits measured 1.4 ms instead of 0.7 ms behind a resident model. Read by
+    # libgomp when llama_cpp is first imported; an operator's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from llama_cpp import Llama
 
     try:
@@ -89,7 +103,8 @@ def load_llama(settings: Settings) -> Llama:
             n_gpu_layers=settings.n_gpu_layers,
             n_ctx=settings.n_ctx,
             n_batch=settings.n_batch,
-            n_threads=settings.n_threads,
+            n_threads=settings.n_threads or usable_cores(),
+            n_threads_batch=settings.n_threads or usable_cores(),
             seed=settings.seed,
             verbose=False,
         )

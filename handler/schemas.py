@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from handler.cache.policy import CacheMode
 
 
 class ChatRequest(BaseModel):
@@ -14,6 +18,11 @@ class ChatRequest(BaseModel):
         ge=1,
         strict=True,
         description="Most tokens to generate; the service's default (100 unless configured) when left out.",
+    )
+    cache: CacheMode = Field(
+        "default",
+        description="`no-cache`: generate afresh (and store); `no-store`: do not store this answer; `off`: both. "
+        "The `Cache-Control: no-cache` / `no-store` request headers do the same.",
     )
 
     @field_validator("prompt")
@@ -48,3 +57,4 @@ class ModelStatus(BaseModel):
 class HealthResponse(BaseModel):
     status: str
     model: ModelStatus
+    cache: dict[str, Any] = Field(description="Hits per tier, misses, entries and bytes on disk.")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 
+from handler.cache.policy import cache_policy
 from handler.chat_service import ChatService
 from handler.dependencies import get_chat_service
+from handler.prompt import compose
 from handler.schemas import ChatRequest, ChatResponse, ErrorResponse
 
 router = APIRouter()
@@ -15,12 +17,26 @@ router = APIRouter()
     "/chat",
     response_model=ChatResponse,
     responses={
+        200: {"headers": {"X-Cache": {"description": "HIT-MEMORY, HIT-DISK or MISS", "schema": {"type": "string"}}}},
         400: {"model": ErrorResponse, "description": "The request cannot be answered as asked."},
         422: {"description": "The body does not match the schema; each field's problem is listed."},
         500: {"model": ErrorResponse, "description": "Generation failed."},
         503: {"model": ErrorResponse, "description": "The model cannot be loaded right now."},
     },
 )
-async def chat(body: ChatRequest, service: ChatService = Depends(get_chat_service)) -> ChatResponse:
-    completion = await service.answer(body.prompt, body.max_tokens)
+async def chat(
+    body: ChatRequest, request: Request, response: Response, service: ChatService = Depends(get_chat_service)
+) -> ChatResponse:
+    params = service.sampling(body.max_tokens)
+    policy = cache_policy(request.headers.get("cache-control"), body.cache)
+    answer = await service.answer("chat", compose(service.settings, body.prompt), params, policy)
+    response.headers["X-Cache"] = answer.source
+    completion = answer.completion
+    request.state.log_fields = {
+        "cache": answer.source,
+        "shared_generation": answer.shared,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "finish_reason": completion.finish_reason,
+    }
     return ChatResponse(text=completion.text)

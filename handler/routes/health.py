@@ -1,20 +1,22 @@
-"""`GET /health`: is the service up, is the model loaded; never loads it."""
+"""`GET /health`: is the service up, is the model loaded, how is the cache doing; never loads the model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fastapi import APIRouter, Depends
+from starlette.concurrency import run_in_threadpool
 
-from handler.dependencies import get_model
-from handler.model import ModelHolder
+from handler.chat_service import ChatService
+from handler.dependencies import get_chat_service
 from handler.schemas import HealthResponse, ModelStatus
 
 router = APIRouter()
 
 
 @router.get("/health", response_model=HealthResponse)
-async def health(model: ModelHolder = Depends(get_model)) -> HealthResponse:
+async def health(service: ChatService = Depends(get_chat_service)) -> HealthResponse:
+    model = service.model
     return HealthResponse(
         status="ok",
         model=ModelStatus(
@@ -23,4 +25,5 @@ async def health(model: ModelHolder = Depends(get_model)) -> HealthResponse:
             load_seconds=model.load_seconds,
             generations=model.generations,
         ),
+        cache=await run_in_threadpool(service.cache.stats),
     )

@@ -1,0 +1,153 @@
+"""The disk tier: diskcache in a folder that survives warm invocations (in a function: /tmp).
+
+The disk is the one part of the cache that can fail under us: a read-only or full folder, a
+damaged database. Any fault switches the tier off with a warning, the request goes on from
+memory or the model, and the tier is tried again after `retry_seconds`. A database that
+SQLite says is not a database is moved aside once and a fresh one started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from handler.cache.entry import Entry, decode, encode
+
+log = logging.getLogger(__name__)
+
+
+class DiskTier:
+    def __init__(self, directory: str, size_limit: int, ttl: float | None, retry_seconds: float,
+                 seed_directory: str | None = None) -> None:
+        self.directory = directory
+        self._seed_directory = seed_directory
+        self._size_limit = size_limit
+        self._ttl = ttl
+        self._retry_seconds = retry_seconds
+        self._cache: Any = None
+        self._failed_at: float | None = None
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.faults = 0
+
+    @property
+    def degraded(self) -> bool:
+        return self._failed_at is not None
+
+    def _open(self) -> Any:
+        if self._cache is not None:
+            return self._cache
+        with self._lock:
+            if self._cache is not None:
+                return self._cache
+            if self._failed_at is not None and time.monotonic() - self._failed_at < self._retry_seconds:
+                return None
+            try:
+                self._cache = self._connect()
+            except sqlite3.DatabaseError as exc:
+                if not _is_corrupt(exc):
+                    self._fail("open", exc)
+                    return None
+                self._quarantine(exc)
+                try:
+                    self._cache = self._connect()
+                except Exception as retry_exc:
+                    self._fail("open", retry_exc)
+                    return None
+            except Exception as exc:
+                self._fail("open", exc)
+                return None
+            if self._failed_at is not None:
+                log.warning("disk cache is back", extra={"cache_dir": self.directory})
+            self._failed_at = None
+            return self._cache
+
+    def _connect(self) -> Any:
+        import diskcache
+
+        seed = self._seed_directory
+        if seed and (Path(seed) / "cache.db").is_file() and not (Path(self.directory) / "cache.db").exists():
+            shutil.copytree(seed, self.directory, dirs_exist_ok=True)
+            log.info("disk cache seeded", extra={"cache_dir": self.directory, "seed_dir": seed})
+        return diskcache.Cache(self.directory, size_limit=self._size_limit)
+
+    def _quarantine(self, exc: Exception) -> None:
+        database = Path(self.directory) / "cache.db"
+        aside = database.with_name(f"cache.db.corrupt-{int(time.time())}")
+        log.warning("disk cache database is damaged; moved aside, starting a fresh one",
+                    extra={"cache_dir": self.directory, "error": repr(exc), "moved_to": str(aside)})
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(str(database) + suffix)
+            if part.exists():
+                os.replace(part, Path(str(aside) + suffix))
+
+    def _fail(self, action: str, exc: BaseException) -> None:
+        self.faults += 1
+        if self._failed_at is None:
+            log.warning("disk cache %s failed; answering from memory and the model until it recovers", action,
+                        extra={"cache_dir": self.directory, "error": repr(exc), "retry_s": self._retry_seconds})
+        self._failed_at = time.monotonic()
+        cache, self._cache = self._cache, None
+        if cache is not None:
+            try:
+                cache.close()
+            except Exception:
+                pass
+
+    def get(self, key: str) -> Entry | None:
+        cache = self._open()
+        if cache is None:
+            return None
+        try:
+            raw = cache.get(key)
+        except Exception as exc:
+            self._fail("read", exc)
+            return None
+        if raw is None:
+            return None
+        entry = decode(key, raw)
+        if entry is None or entry.expired(self._ttl):
+            self.delete(key)  # stale schema, damaged or expired: never served, and not kept
+            return None
+        self.hits += 1
+        return entry
+
+    def put(self, key: str, entry: Entry) -> None:
+        cache = self._open()
+        if cache is None:
+            return
+        expire = None if self._ttl is None else max(0.0, self._ttl - (time.time() - entry.created))
+        try:
+            cache.set(key, encode(key, entry), expire=expire)
+        except Exception as exc:
+            self._fail("write", exc)
+
+    def delete(self, key: str) -> None:
+        cache = self._open()
+        if cache is not None:
+            try:
+                cache.delete(key)
+            except Exception as exc:
+                self._fail("delete", exc)
+
+    def stats(self) -> dict[str, Any]:
+        cache = self._open()
+        entries = size = None
+        if cache is not None:
+            try:
+                entries, size = len(cache), cache.volume()
+            except Exception as exc:
+                self._fail("stat", exc)
+        return {"enabled": True, "degraded": self.degraded, "entries": entries, "bytes": size,
+                "hits": self.hits, "faults": self.faults}
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text
