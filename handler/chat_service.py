@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
-from handler.cache.keys import cache_key, model_identity
+from handler.cache.keys import cache_key
 from handler.cache.policy import CachePolicy
 from handler.cache.tiered import HIT_DISK, HIT_MEMORY, MISS, ResponseCache
 from handler.config import Settings
-from handler.errors import BadRequest, ModelUnavailable
+from handler.errors import BadRequest
 from handler.model import Completion, ModelHolder, SamplingParams
 from handler.single_flight import SingleFlight
 
@@ -44,12 +44,9 @@ class ChatService:
         return SamplingParams.from_settings(self.settings, max_tokens)
 
     def _model_identity(self) -> str:
-        """Computed once per container; blocking (a stat, maybe a few reads)."""
+        """Computed once per container; blocking (a stat, a few reads, or a HEAD request)."""
         if self._identity is None:
-            try:
-                self._identity = model_identity(self.settings.model_path, self.settings.model_sha256)
-            except OSError as exc:
-                raise ModelUnavailable(f"cannot identify model {self.settings.model_path}: {exc}") from exc
+            self._identity = self.model.source.identity()
         return self._identity
 
     async def answer(self, kind: str, prompt: str, params: SamplingParams, policy: CachePolicy) -> Answer:

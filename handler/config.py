@@ -36,7 +36,10 @@ class Settings(BaseModel):
     # Model
     model_path: str = Field(
         "models/gemma-3-270m-q4_k_m.gguf",
-        description="GGUF file to serve. A relative path is taken from the config file's folder.",
+        description="GGUF file to serve: a path (relative to the config file's folder) or s3://bucket/key.",
+    )
+    model_download_dir: str = Field(
+        "/tmp/models", description="Where an s3:// model is downloaded, once per container (ephemeral disk)."
     )
     model_sha256: str | None = Field(
         None,
@@ -103,6 +106,15 @@ class Settings(BaseModel):
             raise ValueError("must contain {prompt}")
         return template
 
+    @field_validator("model_path")
+    @classmethod
+    def _local_or_s3(cls, path: str) -> str:
+        if "://" in path:
+            bucket, _, key = path.removeprefix("s3://").partition("/")
+            if not path.startswith("s3://") or not bucket or not key:
+                raise ValueError("must be a local path or an s3://bucket/key URI")
+        return path
+
     @field_validator("stop")
     @classmethod
     def _non_empty_stops(cls, stop: list[str]) -> list[str]:
@@ -152,8 +164,10 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is None:
             continue
-        if field.annotation in (str, str | None):
+        if field.annotation is str:
             overrides[name] = raw
+        elif field.annotation == str | None:
+            overrides[name] = raw or None  # an empty variable clears the file's value
         else:
             try:
                 overrides[name] = None if raw == "" else yaml.safe_load(raw)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from handler.config import Settings
 from handler.errors import ContextOverflow, GenerationFailed, ModelUnavailable
+from handler.model_source import ModelSource, model_source
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -115,8 +116,9 @@ def load_llama(settings: Settings) -> Llama:
 class ModelHolder:
     """Owns the model of one container; every method is blocking and meant for a worker thread."""
 
-    def __init__(self, settings: Settings, loader: Loader = load_llama) -> None:
+    def __init__(self, settings: Settings, loader: Loader = load_llama, source: ModelSource | None = None) -> None:
         self.settings = settings
+        self.source = source or model_source(settings)
         self._loader = loader
         self._lock = threading.Lock()
         self._llama: Any = None
@@ -132,7 +134,8 @@ class ModelHolder:
         if self._llama is None:
             started = time.perf_counter()
             try:
-                llama = self._loader(self.settings)
+                local = self.settings.model_copy(update={"model_path": self.source.local_path()})
+                llama = self._loader(local)
             except ModelUnavailable:
                 raise
             except Exception as exc:  # an unexpected loader fault is still "unavailable", never fatal

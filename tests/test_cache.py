@@ -14,7 +14,8 @@ from fastapi import FastAPI
 
 from handler.app import create_app
 from handler.cache.entry import SCHEMA_VERSION
-from handler.cache.keys import cache_key, model_identity
+from handler.cache.keys import cache_key
+from handler.model_source import model_identity
 from handler.config import Settings
 from handler.model import ModelHolder, SamplingParams, load_llama
 from handler.prompt import compose

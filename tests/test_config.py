@@ -25,14 +25,16 @@ def test_repository_config_is_valid_and_carries_the_design_defaults() -> None:
 
 
 def test_environment_overrides_file_and_config_path(tmp_path: Path) -> None:
-    path = write(tmp_path, "n_ctx: 1024\nsystem_prompt: Be brief.\n")
+    path = write(tmp_path, "n_ctx: 1024\nsystem_prompt: Be brief.\nmodel_sha256: " + "a" * 64 + "\n")
     env = {"CHAT_CONFIG": str(path), "CHAT_N_CTX": "4096", "CHAT_STOP": '["###", "Human:"]',
-           "CHAT_SYSTEM_PROMPT": "123", "CHAT_CACHE_DIR": ""}
+           "CHAT_SYSTEM_PROMPT": "123", "CHAT_CACHE_DIR": "", "CHAT_MODEL_SHA256": "", "CHAT_CACHE_TTL_SECONDS": "60"}
     settings = load_settings(environ=env)
     assert settings.n_ctx == 4096
     assert settings.stop == ["###", "Human:"]
     assert settings.system_prompt == "123"  # text fields stay text
     assert settings.cache_dir is None
+    assert settings.model_sha256 is None  # an empty variable clears the file's value
+    assert settings.cache_ttl_seconds == 60
 
 
 def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:

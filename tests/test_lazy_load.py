@@ -34,7 +34,7 @@ opens_before_chat = list(opened)
 chat = entry.handler(lambda_event("apigw-http-v2", {"prompt": "hi", "max_tokens": 3}), FakeLambdaContext())
 print(json.dumps({
     "after_import": after_import, "after_health": after_health, "opens_before_chat": opens_before_chat, "opens_after_chat": len(opened), "health": lambda_body(health), "chat_status": chat["statusCode"],
-    "after_chat": "llama_cpp" in sys.modules,
+    "after_chat": "llama_cpp" in sys.modules, "boto3": "boto3" in sys.modules,
 }))
 """
 
@@ -59,6 +59,7 @@ def test_import_app_creation_and_health_neither_import_llama_cpp_nor_open_the_mo
     assert result["health"]["model"]["loaded"] is False
     assert result["chat_status"] == 200
     assert result["after_chat"] is True
+    assert result["boto3"] is False  # a local model never imports boto3
     assert result["opens_after_chat"] >= 1  # the audit hook does see the model being opened
 
 

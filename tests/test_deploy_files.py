@@ -1,0 +1,99 @@
+"""The deployment files: the SAM template and the Dockerfile pass their linters and agree with the code."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from handler.config import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tool(name: str) -> str:
+    """The linters live in .venv-tools (see the Makefile); `make test` installs them."""
+    folder = os.environ.get("TOOLS_BIN", str(ROOT / ".venv-tools" / "bin"))
+    path = Path(folder) / name
+    if not path.exists():
+        found = shutil.which(name)
+        assert found, f"{name} is missing: run `make test`, which installs it into .venv-tools"
+        return found
+    return str(path)
+
+
+class CfnLoader(yaml.SafeLoader):
+    """Reads CloudFormation short-form tags (!Ref, !Sub, !If ...) as {"Fn": value} mappings."""
+
+
+def _tag(loader: CfnLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {suffix: value}
+
+
+CfnLoader.add_multi_constructor("!", _tag)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return yaml.load((ROOT / "template.yaml").read_text(), Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
+
+
+def test_sam_validate_lint_passes() -> None:
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1"}
+    out = subprocess.run([tool("sam"), "validate", "--lint", "-t", str(ROOT / "template.yaml")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "is a valid SAM Template" in out.stdout + out.stderr
+
+
+def test_hadolint_passes() -> None:
+    out = subprocess.run([tool("hadolint"), "--no-color", str(ROOT / "Dockerfile")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_function_is_an_image_with_build_metadata(template: dict[str, Any]) -> None:
+    function = template["Resources"]["ChatFunction"]
+    assert function["Properties"]["PackageType"] == "Image"
+    assert function["Metadata"]["Dockerfile"] == "Dockerfile"
+
+
+def test_every_environment_variable_is_a_setting(template: dict[str, Any]) -> None:
+    variables = template["Resources"]["ChatFunction"]["Properties"]["Environment"]["Variables"]
+    for name in variables:
+        assert name.startswith(ENV_PREFIX), name
+        assert name.removeprefix(ENV_PREFIX).lower() in Settings.model_fields, f"{name} is not a setting"
+
+
+def test_the_function_may_read_only_the_model_object(template: dict[str, Any]) -> None:
+    policies = template["Resources"]["ChatFunction"]["Properties"]["Policies"]
+    assert len(policies) == 1
+    condition, statement_doc, otherwise = policies[0]["If"]
+    assert condition == "HasS3Model" and otherwise == {"Ref": "AWS::NoValue"}
+    (statement,) = statement_doc["Statement"]
+    assert statement["Action"] == "s3:GetObject"
+    assert statement["Resource"] == {"Sub": "arn:${AWS::Partition}:s3:::${ModelBucket}/${ModelKey}"}
+
+
+def test_dockerfile_entry_point_is_the_mangum_handler() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    commands = re.findall(r'^CMD \["([\w.]+)"\]', text, flags=re.M)
+    assert commands and set(commands) == {"handler.lambda_handler.handler"}
+    module, attribute = commands[0].rsplit(".", 1)
+    check = f"import {module} as m; from mangum import Mangum; assert isinstance(m.{attribute}, Mangum)"
+    out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "CHAT_CACHE_DIR": ""})
+    assert out.returncode == 0, out.stderr
