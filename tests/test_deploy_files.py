@@ -97,3 +97,14 @@ def test_dockerfile_entry_point_is_the_mangum_handler() -> None:
     out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "CHAT_CACHE_DIR": ""})
     assert out.returncode == 0, out.stderr
+
+
+def test_a_non_editable_install_carries_every_module(tmp_path: Path) -> None:
+    """The image installs the package with `pip install --target`, not editable: every subpackage must ship."""
+    target = tmp_path / "app"
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                          "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    shipped = {p.relative_to(target).as_posix() for p in (target / "handler").rglob("*.py")}
+    in_tree = {p.relative_to(ROOT).as_posix() for p in (ROOT / "handler").rglob("*.py")}
+    assert shipped == in_tree
