@@ -1,0 +1,84 @@
+"""Cold start: a fresh process importing the entry point and answering its first request.
+
+    .venv/bin/python bench/cold_start.py [--runs 3]
+
+Each figure is the median over fresh Python processes, measured inside the process from its
+first line (interpreter start-up itself is not counted). Rows:
+  - import of handler.lambda_handler (config read, app built, no model);
+  - import + first /chat through the Mangum handler, model load included (a cold miss);
+  - the same prompt from raw llama-cpp-python: import, Llama(...), create_completion;
+  - import + first /chat answered from a disk cache a previous container left (a cold hit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "What is the capital of France?"
+
+SERVICE = r"""
+import time; t0 = time.perf_counter()
+import json, sys
+import handler.lambda_handler as entry
+t_import = time.perf_counter() - t0
+from tests.conftest import FakeLambdaContext, lambda_event
+response = entry.handler(lambda_event("apigw-http-v2", {"prompt": sys.argv[1], "max_tokens": 32}), FakeLambdaContext())
+assert response["statusCode"] == 200, response
+print(json.dumps({"import": t_import, "first": time.perf_counter() - t0, "x_cache": response["headers"]["x-cache"]}))
+"""
+
+RAW = r"""
+import time; t0 = time.perf_counter()
+import json, os, sys
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from llama_cpp import Llama
+from handler.config import load_settings
+from handler.model import usable_cores
+from handler.prompt import compose
+s = load_settings()
+llama = Llama(model_path=s.model_path, n_ctx=s.n_ctx, n_batch=s.n_batch, n_threads=usable_cores(),
+              n_threads_batch=usable_cores(), n_gpu_layers=s.n_gpu_layers, verbose=False)
+out = llama.create_completion(compose(s, sys.argv[1]), max_tokens=32, stop=s.stop, temperature=s.temperature)
+print(json.dumps({"first": time.perf_counter() - t0}))
+"""
+
+
+def run(code: str, env: dict[str, str]) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, PROMPT], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "CHAT_LOG_LEVEL": "WARNING", **env}, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    rows: dict[str, list[float]] = {"import handler.lambda_handler": [], "import + first /chat, cold miss": [],
+                                    "raw llama-cpp-python, import + load + answer": [],
+                                    "import + first /chat, cold disk hit": []}
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory() as cache:
+            miss = run(SERVICE, {"CHAT_CACHE_DIR": cache})
+            assert miss["x_cache"] == "MISS"
+            hit = run(SERVICE, {"CHAT_CACHE_DIR": cache})
+            assert hit["x_cache"] == "HIT-DISK"
+        rows["import handler.lambda_handler"] += [miss["import"], hit["import"]]
+        rows["import + first /chat, cold miss"].append(miss["first"])
+        rows["import + first /chat, cold disk hit"].append(hit["first"])
+        rows["raw llama-cpp-python, import + load + answer"].append(run(RAW, {})["first"])
+    print(f"median of {args.runs} fresh processes each, max_tokens 32, {os.cpu_count()} CPUs")
+    print("| what | seconds |\n|---|---|")
+    for name, values in rows.items():
+        print(f"| {name} | {statistics.median(values):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
