@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -157,17 +157,8 @@ class ModelHolder:
             if prompt_tokens + params.max_tokens > self.settings.n_ctx:
                 raise ContextOverflow(prompt_tokens, params.max_tokens, self.settings.n_ctx)
             try:
-                out = llama.create_completion(
-                    prompt=prompt,
-                    max_tokens=params.max_tokens,
-                    stop=list(params.stop),
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    top_k=params.top_k,
-                    min_p=params.min_p,
-                    repeat_penalty=params.repeat_penalty,
-                    seed=params.seed,
-                )
+                # SamplingParams' fields are create_completion's own keyword names: nothing to map, nothing to drift.
+                out = llama.create_completion(prompt=prompt, **{**asdict(params), "stop": list(params.stop)})
             except Exception as exc:
                 raise GenerationFailed(f"llama.cpp generation failed: {exc!r}") from exc
             self.generations += 1

@@ -94,6 +94,19 @@ def http(app: FastAPI, live_server: Callable[[FastAPI], LiveServer]) -> Iterator
         yield client
 
 
+class WrappedLlama:
+    """The real loaded model behind a seam where a test injects a fault or a delay; passes through otherwise."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def tokenize(self, *args: Any, **kwargs: Any) -> Any:
+        return self.real.tokenize(*args, **kwargs)
+
+    def create_completion(self, **kwargs: Any) -> Any:
+        return self.real.create_completion(**kwargs)
+
+
 class FakeLambdaContext:
     """The attributes Mangum and the service read from the Lambda context object."""
 

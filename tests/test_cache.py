@@ -19,7 +19,7 @@ from handler.model_source import model_identity
 from handler.config import Settings
 from handler.model import ModelHolder, SamplingParams, load_llama
 from handler.prompt import compose
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, WrappedLlama
 from tests.tiny_gguf import write_tiny_gguf
 
 Ask = Callable[..., httpx.Response]
@@ -166,18 +166,12 @@ def test_model_identity_uses_the_declared_sha256_without_reading(tiny_model: Pat
     assert model_identity(str(tiny_model)) != model_identity(str(other))
 
 
-class SlowLlama:
+class SlowLlama(WrappedLlama):
     """The real model, made slow to generate so identical requests overlap: a delay injected, nothing faked."""
-
-    def __init__(self, real) -> None:
-        self.real = real
-
-    def tokenize(self, *args, **kwargs):
-        return self.real.tokenize(*args, **kwargs)
 
     def create_completion(self, **kwargs):
         time.sleep(0.5)
-        return self.real.create_completion(**kwargs)
+        return super().create_completion(**kwargs)
 
 
 def test_identical_concurrent_requests_share_one_generation(settings: Settings, serve) -> None:
@@ -253,7 +247,7 @@ def test_a_bad_disk_entry_is_never_served(settings: Settings, serve, stored: byt
     assert sources(next_container()) == ["HIT-DISK"]  # the bad entry was replaced by the good answer
 
 
-class FlakyLlama(SlowLlama):
+class FlakyLlama(WrappedLlama):
     """The real model whose first generation fails: the fault injected."""
 
     def __init__(self, real) -> None:
@@ -264,7 +258,7 @@ class FlakyLlama(SlowLlama):
         if not self.failed:
             self.failed = True
             raise RuntimeError("injected fault")
-        return self.real.create_completion(**kwargs)
+        return super().create_completion(**kwargs)
 
 
 def test_errors_are_never_stored(settings: Settings, serve, tmp_path: Path, tiny_model: Path) -> None:

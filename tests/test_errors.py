@@ -11,6 +11,7 @@ import pytest
 from handler.app import create_app
 from handler.config import Settings
 from handler.model import ModelHolder, load_llama
+from tests.conftest import WrappedLlama
 
 
 @pytest.mark.parametrize(
@@ -83,14 +84,8 @@ def test_corrupt_model_is_503(settings: Settings, tiny_model: Path, tmp_path: Pa
     assert "bad.gguf" not in response.text
 
 
-class ExplodingLlama:
-    """Wraps the real model and fails inside generation: the one fault a fake is for."""
-
-    def __init__(self, real) -> None:
-        self.real = real
-
-    def tokenize(self, *args, **kwargs):
-        return self.real.tokenize(*args, **kwargs)
+class ExplodingLlama(WrappedLlama):
+    """The real model failing inside generation: the one fault a fake is for."""
 
     def create_completion(self, **kwargs):
         raise RuntimeError("ggml_abort at /secret/path/llama.cpp:1234")
