@@ -145,10 +145,6 @@ class ModelHolder:
             self._llama = llama
         return self._llama
 
-    def load(self) -> None:
-        with self._lock:
-            self._ensure_loaded()
-
     def complete(self, prompt: str, params: SamplingParams) -> Completion:
         """Generate one answer; raises ModelUnavailable, ContextOverflow or GenerationFailed."""
         with self._lock:
