@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from handler.auth import ApiKeyMiddleware, ApiKeys
 from handler.cache.tiered import ResponseCache
 from handler.chat_service import ChatService
 from handler.config import Settings, load_settings
@@ -27,7 +28,8 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     app.state.model = model or ModelHolder(settings)
     app.state.chat = ChatService(settings, app.state.model, ResponseCache(settings))
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(ApiKeyMiddleware, keys=ApiKeys(settings))
+    app.add_middleware(RequestContextMiddleware)  # added last, so it runs first: the request id exists for both
     app.include_router(chat.router)
     app.include_router(health.router)
     return app

@@ -89,6 +89,16 @@ class Settings(BaseModel):
         30.0, ge=0, description="After a disk fault, how long the service runs memory-only before retrying."
     )
 
+    # Access
+    api_keys: list[str] = Field(
+        [], description="Keys accepted in `Authorization: Bearer <key>` or `X-API-Key`; none means open access."
+    )
+    api_keys_secret_id: str | None = Field(
+        None,
+        description="AWS Secrets Manager secret (name or ARN) holding more keys: a JSON list or one key per line. "
+        "Read once per container, on the first request that needs it.",
+    )
+
     # Service
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -114,6 +124,13 @@ class Settings(BaseModel):
             if not path.startswith("s3://") or not bucket or not key:
                 raise ValueError("must be a local path or an s3://bucket/key URI")
         return path
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_long_enough(cls, keys: list[str]) -> list[str]:
+        if any(len(key) < 16 for key in keys):
+            raise ValueError("each API key must be at least 16 characters")
+        return keys
 
     @field_validator("stop")
     @classmethod

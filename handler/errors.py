@@ -23,6 +23,7 @@ class ServiceError(Exception):
     status_code = 500
     error_type = "internal_error"
     public_message = "The service failed to answer; the request id identifies the cause in the log."
+    headers: dict[str, str] | None = None
 
     def __init__(self, cause: str = "") -> None:
         super().__init__(cause)
@@ -35,6 +36,14 @@ class ModelUnavailable(ServiceError):
     status_code = 503
     error_type = "model_unavailable"
     public_message = "The model could not be loaded. It is retried on the next request; try again shortly."
+
+
+class ServiceUnavailable(ServiceError):
+    """Something the service needs (a secret, a store) cannot be reached now; a later request tries again."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    public_message = "The service cannot reach something it needs right now; try again shortly."
 
 
 class GenerationFailed(ServiceError):
@@ -75,11 +84,13 @@ def error_body(request: Request, error_type: str, message: str, **extra: Any) ->
     return {"error": {"type": error_type, "message": message, "request_id": request_id_of(request), **extra}}
 
 
-async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+async def service_error_response(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     level = logging.WARNING if exc.status_code < 500 else logging.ERROR
     log.log(level, "%s: %s", exc.error_type, exc.cause, extra={"request_id": request_id_of(request)})
-    return JSONResponse(error_body(request, exc.error_type, exc.public_message), status_code=exc.status_code)
+    return JSONResponse(
+        error_body(request, exc.error_type, exc.public_message), status_code=exc.status_code, headers=exc.headers
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -108,7 +119,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(ServiceError, service_error_response)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,80 @@
+"""Optional API keys: off by default; on, /chat needs a key and /health stays open."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import boto3
+import httpx
+import pytest
+from fastapi import FastAPI
+from moto import mock_aws
+
+from handler.app import create_app
+from handler.config import ConfigError, Settings, load_settings
+
+KEY, OTHER = "k" * 20 + "-first", "o" * 20 + "-second"
+
+
+@pytest.fixture
+def keyed(settings: Settings, live_server) -> httpx.Client:
+    app = create_app(settings.model_copy(update={"api_keys": [KEY, OTHER]}))
+    return httpx.Client(base_url=live_server(app).url, timeout=30)
+
+
+def test_auth_off_by_default(http: httpx.Client) -> None:
+    assert http.post("/chat", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong-key-wrong-key"}, {"Authorization": f"Basic {KEY}"},
+     {"X-API-Key": KEY[:-1]}, {"Authorization": "Bearer"}],
+    ids=["none", "wrong", "not-bearer", "truncated", "empty"],
+)
+def test_without_a_valid_key_chat_is_401(keyed: httpx.Client, headers: dict[str, str]) -> None:
+    response = keyed.post("/chat", json={"prompt": "hi", "max_tokens": 2}, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"]["type"] == "unauthorized"
+    assert KEY not in response.text
+
+
+def test_malformed_body_without_a_key_is_401_not_422(keyed: httpx.Client) -> None:
+    response = keyed.post("/chat", content=b"{nope", headers={"content-type": "application/json"})
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {KEY}"}, {"X-API-Key": OTHER}])
+def test_a_valid_key_passes_and_health_stays_open(keyed: httpx.Client, headers: dict[str, str]) -> None:
+    assert keyed.post("/chat", json={"prompt": "hi", "max_tokens": 2}, headers=headers).status_code == 200
+    assert keyed.get("/health").status_code == 200
+
+
+def test_keys_from_the_environment(tmp_path, monkeypatch) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("")
+    settings = load_settings(config, environ={"CHAT_API_KEYS": json.dumps([KEY])})
+    assert settings.api_keys == [KEY]
+    with pytest.raises(ConfigError, match="CHAT_API_KEYS.*at least 16 characters"):
+        load_settings(config, environ={"CHAT_API_KEYS": '["short"]'})
+
+
+@pytest.fixture
+def secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        yield boto3.client("secretsmanager")
+
+
+def test_keys_from_an_aws_secret_and_recovery_when_it_appears(settings: Settings, secrets, live_server) -> None:
+    app: FastAPI = create_app(settings.model_copy(update={"api_keys_secret_id": "chat/api-keys"}))
+    with httpx.Client(base_url=live_server(app).url, timeout=30) as http:
+        missing = http.post("/chat", json={"prompt": "hi"}, headers={"X-API-Key": KEY})
+        assert missing.status_code == 503 and "chat/api-keys" not in missing.text
+        secrets.create_secret(Name="chat/api-keys", SecretString=json.dumps([KEY]))
+        assert http.post("/chat", json={"prompt": "hi", "max_tokens": 2}, headers={"X-API-Key": KEY}).status_code == 200
+        assert http.post("/chat", json={"prompt": "hi"}, headers={"X-API-Key": OTHER}).status_code == 401
