@@ -78,14 +78,18 @@ def test_every_environment_variable_is_a_setting(template: dict[str, Any]) -> No
         assert name.removeprefix(ENV_PREFIX).lower() in Settings.model_fields, f"{name} is not a setting"
 
 
-def test_the_function_may_read_only_the_model_object(template: dict[str, Any]) -> None:
+def test_the_function_may_read_only_the_model_object_and_the_keys_secret(template: dict[str, Any]) -> None:
     policies = template["Resources"]["ChatFunction"]["Properties"]["Policies"]
-    assert len(policies) == 1
-    condition, statement_doc, otherwise = policies[0]["If"]
-    assert condition == "HasS3Model" and otherwise == {"Ref": "AWS::NoValue"}
-    (statement,) = statement_doc["Statement"]
-    assert statement["Action"] == "s3:GetObject"
-    assert statement["Resource"] == {"Sub": "arn:${AWS::Partition}:s3:::${ModelBucket}/${ModelKey}"}
+    granted = {}
+    for policy in policies:
+        condition, statement_doc, otherwise = policy["If"]
+        assert otherwise == {"Ref": "AWS::NoValue"}
+        (statement,) = statement_doc["Statement"]
+        granted[condition] = (statement["Action"], statement["Resource"])
+    assert granted == {
+        "HasS3Model": ("s3:GetObject", {"Sub": "arn:${AWS::Partition}:s3:::${ModelBucket}/${ModelKey}"}),
+        "HasApiKeysSecret": ("secretsmanager:GetSecretValue", {"Ref": "ApiKeysSecretArn"}),
+    }
 
 
 def test_dockerfile_entry_point_is_the_mangum_handler() -> None:
