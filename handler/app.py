@@ -11,6 +11,7 @@ from handler.config import Settings, load_settings
 from handler.errors import install_error_handlers
 from handler.logs import configure_logging
 from handler.model import ModelHolder
+from handler.body_limit import BodyLimitMiddleware
 from handler.request_context import RequestContextMiddleware
 from handler.routes import chat, health
 
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     app.state.model = model or ModelHolder(settings)
     app.state.chat = ChatService(settings, app.state.model, ResponseCache(settings))
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=ApiKeys(settings))
     app.add_middleware(RequestContextMiddleware)  # added last, so it runs first: the request id exists for both
     app.include_router(chat.router)

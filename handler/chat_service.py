@@ -35,6 +35,13 @@ class ChatService:
         self.flights: SingleFlight[Completion] = SingleFlight()
         self._identity: str | None = None
 
+    def check_prompt(self, prompt: str) -> None:
+        if len(prompt) > self.settings.max_prompt_chars:
+            raise BadRequest(
+                f"The prompt is {len(prompt)} characters, above this service's limit of "
+                f"{self.settings.max_prompt_chars}. Shorten it."
+            )
+
     def sampling(self, max_tokens: int | None) -> SamplingParams:
         max_tokens = self.settings.max_tokens_default if max_tokens is None else max_tokens
         if max_tokens > self.settings.max_tokens_limit:

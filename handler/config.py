@@ -89,6 +89,10 @@ class Settings(BaseModel):
         30.0, ge=0, description="After a disk fault, how long the service runs memory-only before retrying."
     )
 
+    # Input limits
+    max_body_bytes: int = Field(65536, ge=1024, description="Largest request body; larger ones get a 413.")
+    max_prompt_chars: int = Field(16000, ge=1, description="Longest prompt, in characters; longer ones get a 400.")
+
     # Access
     api_keys: list[str] = Field(
         [], description="Keys accepted in `Authorization: Bearer <key>` or `X-API-Key`; none means open access."

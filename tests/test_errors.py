@@ -108,3 +108,35 @@ def test_unknown_route_is_json_404(http: httpx.Client) -> None:
     response = http.get("/nope")
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "http_error"
+
+
+def test_oversized_body_is_413_in_the_service_error_shape(http: httpx.Client, settings: Settings) -> None:
+    response = http.post("/chat", json={"prompt": "x" * (settings.max_body_bytes + 10)})
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["type"] == "body_too_large" and str(settings.max_body_bytes) in error["message"]
+
+
+def test_oversized_body_without_content_length_is_413_through_mangum(app) -> None:
+    from mangum import Mangum
+
+    from tests.conftest import FakeLambdaContext, lambda_body, lambda_event
+
+    event = lambda_event("apigw-http-v2", {"prompt": "x" * (app.state.settings.max_body_bytes + 10)})
+    response = Mangum(app, lifespan="off")(event, FakeLambdaContext())
+    assert response["statusCode"] == 413
+    assert lambda_body(response)["error"]["type"] == "body_too_large"
+
+
+def test_prompt_over_the_limit_is_400_naming_it(settings: Settings, live_server) -> None:
+    app = create_app(settings.model_copy(update={"max_prompt_chars": 50}))
+    with httpx.Client(base_url=live_server(app).url) as http:
+        response = http.post("/chat", json={"prompt": "y" * 51})
+    assert response.status_code == 400
+    assert "51 characters" in response.json()["error"]["message"] and "limit of 50" in response.json()["error"]["message"]
+
+
+def test_non_utf8_body_is_4xx(http: httpx.Client) -> None:
+    response = http.post("/chat", content=b'{"prompt": "\xff\xfe"}', headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500
+    assert response.json()["error"]["request_id"]

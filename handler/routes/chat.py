@@ -27,6 +27,7 @@ router = APIRouter()
 async def chat(
     body: ChatRequest, request: Request, response: Response, service: ChatService = Depends(get_chat_service)
 ) -> ChatResponse:
+    service.check_prompt(body.prompt)
     params = service.sampling(body.max_tokens)
     policy = cache_policy(request.headers.get("cache-control"), body.cache)
     answer = await service.answer("chat", compose(service.settings, body.prompt), params, policy)
