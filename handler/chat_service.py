@@ -7,6 +7,7 @@ so it is kept even when the caller has gone.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
@@ -16,8 +17,11 @@ from handler.cache.policy import CachePolicy
 from handler.cache.tiered import HIT_DISK, HIT_MEMORY, MISS, ResponseCache
 from handler.config import Settings
 from handler.errors import BadRequest
-from handler.model import Completion, ModelHolder, SamplingParams
+from handler.model import TIME_LIMIT, Completion, ModelHolder, SamplingParams
 from handler.single_flight import SingleFlight
+
+
+RESPONSE_MARGIN_S = 2.0  # of a function's remaining time, kept to send the answer
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,18 @@ class ChatService:
             self._identity = self.model.source.identity()
         return self._identity
 
-    async def answer(self, kind: str, prompt: str, params: SamplingParams, policy: CachePolicy) -> Answer:
+    def deadline(self, remaining_ms: int | None) -> float | None:
+        """When a generation must stop: the configured timeout, and in a function the invocation's own
+        remaining time less a margin to send the answer, whichever comes first (time.monotonic())."""
+        limits = []
+        if self.settings.generation_timeout_seconds is not None:
+            limits.append(self.settings.generation_timeout_seconds)
+        if remaining_ms is not None:
+            limits.append(max(0.0, remaining_ms / 1000 - RESPONSE_MARGIN_S))
+        return time.monotonic() + min(limits) if limits else None
+
+    async def answer(self, kind: str, prompt: str, params: SamplingParams, policy: CachePolicy,
+                     deadline: float | None = None) -> Answer:
         """`prompt` is the model's full input; `kind` names the answer's shape in the key."""
         identity = self._identity or await run_in_threadpool(self._model_identity)
         key = cache_key(kind, identity, prompt, params, self.settings.n_ctx)
@@ -70,8 +85,8 @@ class ChatService:
         self.cache.misses += 1
 
         def generate() -> Completion:
-            completion = self.model.complete(prompt, params)
-            if policy.store:
+            completion = self.model.complete(prompt, params, deadline)
+            if policy.store and completion.finish_reason != TIME_LIMIT:  # a cut-short answer is not the answer
                 self.cache.put(key, completion)
             return completion
 

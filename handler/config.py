@@ -89,6 +89,13 @@ class Settings(BaseModel):
         30.0, ge=0, description="After a disk fault, how long the service runs memory-only before retrying."
     )
 
+    generation_timeout_seconds: float | None = Field(
+        50.0,
+        gt=0,
+        description="A generation still running after this long stops, and its answer says so "
+        "(finish_reason time_limit); in a function the invocation's remaining time, less 2 s, also bounds it.",
+    )
+
     # Input limits
     max_body_bytes: int = Field(65536, ge=1024, description="Largest request body; larger ones get a 413.")
     max_prompt_chars: int = Field(16000, ge=1, description="Longest prompt, in characters; longer ones get a 400.")

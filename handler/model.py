@@ -68,6 +68,21 @@ class Completion:
 
 Loader = Callable[[Settings], "Llama"]
 
+TIME_LIMIT = "time_limit"
+
+
+class Deadline:
+    """A llama-cpp-python stopping criterion, checked after every token: stop once past the deadline."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.reached = False
+
+    def __call__(self, input_ids: Any, logits: Any) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.reached = True
+        return self.reached
+
 
 def check_gguf(path: str) -> None:
     """Fail with a readable cause before llama.cpp does with a vague one."""
@@ -145,8 +160,12 @@ class ModelHolder:
             self._llama = llama
         return self._llama
 
-    def complete(self, prompt: str, params: SamplingParams) -> Completion:
-        """Generate one answer; raises ModelUnavailable, ContextOverflow or GenerationFailed."""
+    def complete(self, prompt: str, params: SamplingParams, deadline: float | None = None) -> Completion:
+        """Generate one answer, stopping at `deadline` (time.monotonic()) with finish_reason time_limit.
+
+        Raises ModelUnavailable, ContextOverflow or GenerationFailed.
+        """
+        out_of_time = Deadline(deadline)
         with self._lock:
             llama = self._ensure_loaded()
             prompt_tokens = len(llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))
@@ -154,7 +173,9 @@ class ModelHolder:
                 raise ContextOverflow(prompt_tokens, params.max_tokens, self.settings.n_ctx)
             try:
                 # SamplingParams' fields are create_completion's own keyword names: nothing to map, nothing to drift.
-                out = llama.create_completion(prompt=prompt, **{**asdict(params), "stop": list(params.stop)})
+                out = llama.create_completion(
+                    prompt=prompt, stopping_criteria=out_of_time, **{**asdict(params), "stop": list(params.stop)}
+                )
             except Exception as exc:
                 raise GenerationFailed(f"llama.cpp generation failed: {exc!r}") from exc
             self.generations += 1
@@ -162,7 +183,7 @@ class ModelHolder:
         usage = out.get("usage") or {}
         return Completion(
             text=choice["text"].strip(),
-            finish_reason=choice.get("finish_reason") or "stop",
+            finish_reason=TIME_LIMIT if out_of_time.reached else choice.get("finish_reason") or "stop",
             prompt_tokens=int(usage.get("prompt_tokens", prompt_tokens)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
         )

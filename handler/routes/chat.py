@@ -13,11 +13,26 @@ from handler.schemas import ChatRequest, ChatResponse, ErrorResponse
 router = APIRouter()
 
 
+def remaining_ms(request: Request) -> int | None:
+    """The Lambda invocation's remaining time, under Mangum; None under uvicorn."""
+    context = request.scope.get("aws.context")
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return int(remaining()) if callable(remaining) else None
+
+
 @router.post(
     "/chat",
     response_model=ChatResponse,
     responses={
-        200: {"headers": {"X-Cache": {"description": "HIT-MEMORY, HIT-DISK or MISS", "schema": {"type": "string"}}}},
+        200: {
+            "headers": {
+                "X-Cache": {"description": "HIT-MEMORY, HIT-DISK or MISS", "schema": {"type": "string"}},
+                "X-Finish-Reason": {
+                    "description": "stop, length (max_tokens reached) or time_limit (the generation deadline)",
+                    "schema": {"type": "string"},
+                },
+            }
+        },
         400: {"model": ErrorResponse, "description": "The request cannot be answered as asked."},
         422: {"description": "The body does not match the schema; each field's problem is listed."},
         500: {"model": ErrorResponse, "description": "Generation failed."},
@@ -30,8 +45,10 @@ async def chat(
     service.check_prompt(body.prompt)
     params = service.sampling(body.max_tokens)
     policy = cache_policy(request.headers.get("cache-control"), body.cache)
-    answer = await service.answer("chat", compose(service.settings, body.prompt), params, policy)
+    deadline = service.deadline(remaining_ms(request))
+    answer = await service.answer("chat", compose(service.settings, body.prompt), params, policy, deadline)
     response.headers["X-Cache"] = answer.source
+    response.headers["X-Finish-Reason"] = answer.completion.finish_reason
     completion = answer.completion
     request.state.log_fields = {
         "cache": answer.source,

@@ -1,0 +1,63 @@
+"""A generation that would outrun its deadline stops, says so, and is not cached."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from mangum import Mangum
+
+from handler.app import create_app
+from handler.config import Settings
+from handler.model import ModelHolder, load_llama
+from tests.conftest import FakeLambdaContext, LiveServer, WrappedLlama, lambda_body, lambda_event
+
+
+class SlowTokens(WrappedLlama):
+    """The real model, 20 ms slower per token: a delay injected at the per-token hook."""
+
+    def create_completion(self, **kwargs):
+        criteria = kwargs["stopping_criteria"]
+
+        def slow(input_ids, logits) -> bool:
+            time.sleep(0.02)
+            return criteria(input_ids, logits)
+
+        return super().create_completion(**{**kwargs, "stopping_criteria": slow})
+
+
+def slow_app(settings: Settings, **update) -> object:
+    settings = settings.model_copy(update=update)
+    return create_app(settings, model=ModelHolder(settings, loader=lambda s: SlowTokens(load_llama(s))))
+
+
+def test_timeout_stops_the_generation_says_so_and_is_not_cached(settings: Settings) -> None:
+    app = slow_app(settings, generation_timeout_seconds=0.2)
+    with LiveServer(app) as server:
+        body = {"prompt": "a long story", "max_tokens": 200}
+        first = httpx.post(f"{server.url}/chat", json=body, timeout=30)
+        second = httpx.post(f"{server.url}/chat", json=body, timeout=30)
+    assert first.status_code == 200
+    assert first.headers["x-finish-reason"] == "time_limit"
+    assert [first.headers["x-cache"], second.headers["x-cache"]] == ["MISS", "MISS"]
+    assert app.state.chat.cache.stats()["memory"]["entries"] == 0
+
+
+def test_a_finished_answer_says_why_it_stopped(http: httpx.Client) -> None:
+    response = http.post("/chat", json={"prompt": "hi", "max_tokens": 3})
+    assert response.headers["x-finish-reason"] in {"stop", "length"}
+
+
+class ShortInvocation(FakeLambdaContext):
+    def get_remaining_time_in_millis(self) -> int:
+        return 2300  # 0.3 s left once the 2 s margin to answer is kept
+
+
+def test_a_function_invocation_stops_within_its_remaining_time(settings: Settings) -> None:
+    app = slow_app(settings, generation_timeout_seconds=None)
+    handler = Mangum(app, lifespan="off")
+    response = handler(lambda_event("function-url", {"prompt": "a long story", "max_tokens": 200}), ShortInvocation())
+    assert response["statusCode"] == 200 and lambda_body(response)["text"] is not None
+    assert response["headers"]["x-finish-reason"] == "time_limit"
+    roomy = handler(lambda_event("function-url", {"prompt": "short", "max_tokens": 3}), FakeLambdaContext())
+    assert roomy["headers"]["x-finish-reason"] in {"stop", "length"}
