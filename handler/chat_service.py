@@ -90,5 +90,5 @@ class ChatService:
                 self.cache.put(key, completion)
             return completion
 
-        completion, leader = await self.flights.run(key, generate)
+        completion, leader = await self.flights.run(key, generate, self.settings.max_pending_generations)
         return Answer(completion, MISS, shared=not leader)

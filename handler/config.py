@@ -96,6 +96,11 @@ class Settings(BaseModel):
         "(finish_reason time_limit); in a function the invocation's remaining time, less 2 s, also bounds it.",
     )
 
+    max_pending_generations: int = Field(
+        16, ge=1, description="Distinct generations queued or running at once; a new one beyond gets a 429. "
+        "Requests identical to one in flight join it and are never refused."
+    )
+
     # Input limits
     max_body_bytes: int = Field(65536, ge=1024, description="Largest request body; larger ones get a 413.")
     max_prompt_chars: int = Field(16000, ge=1, description="Longest prompt, in characters; longer ones get a 400.")

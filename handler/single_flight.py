@@ -14,7 +14,21 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
+from handler.errors import ServiceError
+
 T = TypeVar("T")
+
+
+class Busy(ServiceError):
+    """Too many distinct generations are already waiting: the caller should come back later."""
+
+    status_code = 429
+    error_type = "busy"
+    public_message = "The service is busy with other requests; retry in a few seconds."
+    headers = {"Retry-After": "2"}
+
+    def __init__(self, pending: int) -> None:
+        super().__init__(f"{pending} generations pending")
 
 
 class SingleFlight(Generic[T]):
@@ -23,12 +37,18 @@ class SingleFlight(Generic[T]):
         self._lock = threading.RLock()  # a future done before add_done_callback calls back at once
         self._calls: dict[str, Future[T]] = {}
 
-    async def run(self, key: str, work: Callable[[], T]) -> tuple[T, bool]:
-        """The result of `work` for `key`, and whether this call ran it (False: it joined another's)."""
+    async def run(self, key: str, work: Callable[[], T], max_calls: int | None = None) -> tuple[T, bool]:
+        """The result of `work` for `key`, and whether this call ran it (False: it joined another's).
+
+        With `max_calls`, new work is refused (Busy) while that many distinct keys are queued or
+        running; joining work already in flight is always allowed, since it costs nothing.
+        """
         with self._lock:
             future = self._calls.get(key)
             leader = future is None
             if future is None:
+                if max_calls is not None and len(self._calls) >= max_calls:
+                    raise Busy(len(self._calls))
                 future = self._executor.submit(work)
                 self._calls[key] = future
                 future.add_done_callback(lambda done: self._forget(key, done))
