@@ -117,6 +117,9 @@ class Settings(BaseModel):
 
     # Service
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_prompts: bool = Field(
+        False, description="Put prompt and answer text in the request log line. Off: logs carry no user text."
+    )
 
     @field_validator("prompt_template")
     @classmethod

@@ -57,4 +57,6 @@ async def chat(
         "completion_tokens": completion.completion_tokens,
         "finish_reason": completion.finish_reason,
     }
+    if service.settings.log_prompts:
+        request.state.log_fields.update(prompt=body.prompt, answer=completion.text)
     return ChatResponse(text=completion.text)
