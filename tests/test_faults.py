@@ -1,0 +1,55 @@
+"""Faults while running, injected, and the recovery without a restart."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx
+
+from handler.app import create_app
+from handler.config import Settings
+from tests.conftest import LiveServer
+
+
+class FullDisk:
+    """Stands in for diskcache's connection while the disk is full: the fault injected at the tier's seam."""
+
+    def get(self, key, default=None):
+        return default
+
+    def set(self, *args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def close(self) -> None:
+        pass
+
+
+def test_full_disk_degrades_to_memory_and_recovers(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"cache_disk_retry_seconds": 0}))
+    disk = app.state.chat.cache.disk
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        disk._cache = FullDisk()
+        first = http.post("/chat", json={"prompt": "during the fault", "max_tokens": 6})
+        assert first.status_code == 200 and first.headers["x-cache"] == "MISS"
+        assert disk.degraded and disk.faults == 1
+        again = http.post("/chat", json={"prompt": "during the fault", "max_tokens": 6})
+        assert again.headers["x-cache"] == "HIT-MEMORY" and again.json() == first.json()
+        # The disk has room again: the next store reopens the real cache (retry after 0 s) and works.
+        stored = http.post("/chat", json={"prompt": "after the fault", "max_tokens": 6})
+        assert stored.status_code == 200 and not disk.degraded
+    with LiveServer(create_app(settings)) as fresh, httpx.Client(base_url=fresh.url, timeout=30) as http:
+        assert http.post("/chat", json={"prompt": "after the fault", "max_tokens": 6}).headers["x-cache"] == "HIT-DISK"
+
+
+def test_model_file_removed_after_load_keeps_answering(settings: Settings, tiny_model: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model.gguf"
+    model.write_bytes(tiny_model.read_bytes())
+    app = create_app(settings.model_copy(update={"model_path": str(model)}))
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        before = http.post("/chat", json={"prompt": "one", "max_tokens": 6, "cache": "off"})
+        model.unlink()  # an operator's mistake: the loaded model stays in memory
+        after = http.post("/chat", json={"prompt": "one", "max_tokens": 6, "cache": "off"})
+        assert before.status_code == after.status_code == 200
+        assert before.json() == after.json()
+        assert http.get("/health").json()["model"]["loaded"] is True
