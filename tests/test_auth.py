@@ -62,10 +62,7 @@ def test_keys_from_the_environment(tmp_path, monkeypatch) -> None:
 
 
 @pytest.fixture
-def secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
+def secrets(aws_credentials: None) -> Iterator[object]:
     with mock_aws():
         yield boto3.client("secretsmanager")
 

@@ -34,6 +34,9 @@ def remaining_ms(request: Request) -> int | None:
             }
         },
         400: {"model": ErrorResponse, "description": "The request cannot be answered as asked."},
+        401: {"model": ErrorResponse, "description": "API keys are configured and none valid was sent."},
+        413: {"model": ErrorResponse, "description": "The body is over max_body_bytes."},
+        429: {"model": ErrorResponse, "description": "Too many distinct generations pending; see Retry-After."},
         422: {"description": "The body does not match the schema; each field's problem is listed."},
         500: {"model": ErrorResponse, "description": "Generation failed."},
         503: {"model": ErrorResponse, "description": "The model cannot be loaded right now."},
