@@ -113,14 +113,15 @@ def load_llama(settings: Settings) -> Llama:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from llama_cpp import Llama
 
+    threads = settings.n_threads or usable_cores()
     try:
         return Llama(
             model_path=settings.model_path,
             n_gpu_layers=settings.n_gpu_layers,
             n_ctx=settings.n_ctx,
             n_batch=settings.n_batch,
-            n_threads=settings.n_threads or usable_cores(),
-            n_threads_batch=settings.n_threads or usable_cores(),
+            n_threads=threads,
+            n_threads_batch=threads,
             seed=settings.seed,
             verbose=False,
         )

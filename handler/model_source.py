@@ -129,7 +129,9 @@ class S3Source:
             if size != expected:
                 raise ModelUnavailable(f"download of {self.uri} is {size} bytes, expected {expected}")
             if self.sha256:
-                actual = _sha256(partial)
+                from handler.assemble_model import sha256_of
+
+                actual = sha256_of(partial, progress=False)
                 if actual != self.sha256:
                     raise ModelUnavailable(f"download of {self.uri} has sha256 {actual}, expected {self.sha256}")
             os.replace(partial, target)
@@ -161,14 +163,6 @@ class _ProgressLog:
 
 def _etag(head: dict[str, Any]) -> str:
     return str(head.get("ETag", "")).strip('"')
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_source(settings: Settings) -> ModelSource:

@@ -20,8 +20,8 @@ class Entry:
     completion: Completion
     created: float  # wall-clock seconds, so an entry's age survives a restart
 
-    def expired(self, ttl: float | None, now: float | None = None) -> bool:
-        return ttl is not None and (time.time() if now is None else now) - self.created >= ttl
+    def expired(self, ttl: float | None) -> bool:
+        return ttl is not None and time.time() - self.created >= ttl
 
 
 def encode(key: str, entry: Entry) -> bytes:
