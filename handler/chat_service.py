@@ -7,8 +7,12 @@ so it is kept even when the caller has gone.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
@@ -17,8 +21,8 @@ from handler.cache.policy import CachePolicy
 from handler.cache.tiered import HIT_DISK, HIT_MEMORY, MISS, ResponseCache
 from handler.config import Settings
 from handler.errors import BadRequest
-from handler.model import TIME_LIMIT, Completion, ModelHolder, SamplingParams
-from handler.single_flight import SingleFlight
+from handler.model import CANCELLED, TIME_LIMIT, Completion, ModelHolder, Prompt, SamplingParams
+from handler.single_flight import Busy, SingleFlight
 
 
 RESPONSE_MARGIN_S = 2.0  # of a function's remaining time, kept to send the answer
@@ -38,6 +42,8 @@ class ChatService:
         self.cache = cache
         self.flights: SingleFlight[Completion] = SingleFlight()
         self._identity: str | None = None
+        self._streams = 0  # streamed generations queued or running
+        self._streams_lock = threading.Lock()
 
     def check_prompt(self, prompt: str) -> None:
         if len(prompt) > self.settings.max_prompt_chars:
@@ -70,25 +76,133 @@ class ChatService:
             limits.append(max(0.0, remaining_ms / 1000 - RESPONSE_MARGIN_S))
         return time.monotonic() + min(limits) if limits else None
 
-    async def answer(self, kind: str, prompt: str, params: SamplingParams, policy: CachePolicy,
-                     deadline: float | None = None) -> Answer:
-        """`prompt` is the model's full input; `kind` names the answer's shape in the key."""
+    async def _key(self, prompt: Prompt, params: SamplingParams) -> str:
+        """A raw prompt is keyed by its text, whichever route sent it: /chat, /v1/completions and a
+        /v1/chat/completions that falls back to the config template share answers when the text is the same."""
         identity = self._identity or await run_in_threadpool(self._model_identity)
-        key = cache_key(kind, identity, prompt, params, self.settings.n_ctx)
-        if policy.read:
-            hit = self.cache.get_memory(key)
-            if hit is not None:
-                return Answer(hit, HIT_MEMORY)
-            hit = await run_in_threadpool(self.cache.get_disk, key)
-            if hit is not None:
-                return Answer(hit, HIT_DISK)
+        if isinstance(prompt, str):
+            return cache_key("text", identity, prompt, params, self.settings.n_ctx)
+        return cache_key("chat", identity, prompt.key_material(), params, self.settings.n_ctx)
+
+    async def _cached(self, key: str, policy: CachePolicy) -> Answer | None:
+        if not policy.read:
+            return None
+        hit = self.cache.get_memory(key)
+        if hit is not None:
+            return Answer(hit, HIT_MEMORY)
+        hit = await run_in_threadpool(self.cache.get_disk, key)
+        return Answer(hit, HIT_DISK) if hit is not None else None
+
+    def _store(self, key: str, completion: Completion, policy: CachePolicy) -> None:
+        """Only a whole answer is the answer: one cut short by the deadline or a departed client is not kept."""
+        if policy.store and completion.finish_reason not in (TIME_LIMIT, CANCELLED):
+            self.cache.put(key, completion)
+
+    async def answer(self, prompt: Prompt, params: SamplingParams, policy: CachePolicy,
+                     deadline: float | None = None) -> Answer:
+        """`prompt` is the model's full input, or chat messages to format with the model's template."""
+        key = await self._key(prompt, params)
+        cached = await self._cached(key, policy)
+        if cached is not None:
+            return cached
         self.cache.misses += 1
 
         def generate() -> Completion:
             completion = self.model.complete(prompt, params, deadline)
-            if policy.store and completion.finish_reason != TIME_LIMIT:  # a cut-short answer is not the answer
-                self.cache.put(key, completion)
+            self._store(key, completion, policy)
             return completion
 
-        completion, leader = await self.flights.run(key, generate, self.settings.max_pending_generations)
+        completion, leader = await self.flights.run(key, generate, self._free_slots())
         return Answer(completion, MISS, shared=not leader)
+
+    async def stream(self, prompt: Prompt, params: SamplingParams, policy: CachePolicy,
+                     deadline: float | None = None) -> AnswerStream:
+        """As `answer`, piece by piece. A hit is one piece. A miss runs its own generation (streams do not
+        join each other) and counts against `max_pending_generations`; it returns once the first piece
+        is out, so a fault before it (no model, context overflow, busy) is still a plain HTTP error."""
+        key = await self._key(prompt, params)
+        cached = await self._cached(key, policy)
+        if cached is not None:
+            return AnswerStream.of(cached)
+        self.cache.misses += 1
+        with self._streams_lock:
+            if self.flights.in_flight + self._streams >= self.settings.max_pending_generations:
+                raise Busy(self.flights.in_flight + self._streams)
+            self._streams += 1
+        stream = AnswerStream(MISS)
+
+        def generate() -> None:
+            try:
+                completion = self.model.complete(prompt, params, deadline, cancelled=stream.cancelled,
+                                                 on_text=stream.put_text)
+                self._store(key, completion, policy)
+                stream.finish(completion)
+            except Exception as exc:  # handed to the consumer, which raises it
+                stream.fail(exc)
+            finally:
+                with self._streams_lock:
+                    self._streams -= 1
+
+        threading.Thread(target=generate, name="stream", daemon=True).start()
+        await stream.first()
+        return stream
+
+    def _free_slots(self) -> int:
+        """What is left of `max_pending_generations` for flights, once the running streams are counted."""
+        return max(0, self.settings.max_pending_generations - self._streams)
+
+
+class AnswerStream:
+    """Text pieces from a generating thread to an async consumer; then the finished completion.
+
+    Iterate it for the pieces; `completion` is set once iteration ends. `cancel()` (the client has
+    gone) makes the generation stop at its next token and frees the model.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.completion: Completion | None = None
+        self.cancelled = threading.Event()
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._head: tuple[str, Any] | None = None
+
+    @classmethod
+    def of(cls, answer: Answer) -> AnswerStream:
+        stream = cls(answer.source)
+        stream.put_text(answer.completion.text)
+        stream.finish(answer.completion)
+        return stream
+
+    def put_text(self, text: str) -> None:
+        self._send(("text", text))
+
+    def finish(self, completion: Completion) -> None:
+        self._send(("done", completion))
+
+    def fail(self, exc: Exception) -> None:
+        self._send(("error", exc))
+
+    def _send(self, item: tuple[str, Any]) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    async def first(self) -> None:
+        """Wait for the first event; raise at once if it is an error."""
+        self._head = await self._queue.get()
+        if self._head[0] == "error":
+            raise self._head[1]
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        while True:
+            kind, value = self._head or await self._queue.get()
+            self._head = None
+            if kind == "text":
+                yield value
+            elif kind == "done":
+                self.completion = value
+                return
+            else:
+                raise value

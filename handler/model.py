@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from handler.chat_format import ChatPrompt, ChatTemplate
 from handler.config import Settings
 from handler.errors import ContextOverflow, GenerationFailed, ModelUnavailable
 from handler.model_source import ModelSource, model_source
@@ -41,6 +42,8 @@ class SamplingParams:
     min_p: float
     repeat_penalty: float
     seed: int
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings, max_tokens: int) -> SamplingParams:
@@ -58,7 +61,7 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Completion:
-    """A finished answer, with what a cache entry and a usage report need."""
+    """A finished answer, as the model wrote it (not stripped), with what a cache entry and usage need."""
 
     text: str
     finish_reason: str
@@ -67,21 +70,29 @@ class Completion:
 
 
 Loader = Callable[[Settings], "Llama"]
+Prompt = str | ChatPrompt  # a raw prompt, or chat messages to format once the model is known
 
-TIME_LIMIT = "time_limit"
+TIME_LIMIT = "time_limit"  # finish reasons of ours, besides llama.cpp's stop and length
+CANCELLED = "cancelled"
 
 
-class Deadline:
-    """A llama-cpp-python stopping criterion, checked after every token: stop once past the deadline."""
+class StopSignal:
+    """A llama-cpp-python stopping criterion, checked after every token: stop once past the deadline
+    or once the caller has gone. It also counts tokens, which a streamed completion does not report."""
 
-    def __init__(self, deadline: float | None) -> None:
+    def __init__(self, deadline: float | None, cancelled: threading.Event | None = None) -> None:
         self.deadline = deadline
-        self.reached = False
+        self.cancelled = cancelled
+        self.reason: str | None = None
+        self.seen = 0  # prompt and generated tokens when last called
 
     def __call__(self, input_ids: Any, logits: Any) -> bool:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            self.reached = True
-        return self.reached
+        self.seen = len(input_ids)
+        if self.cancelled is not None and self.cancelled.is_set():
+            self.reason = CANCELLED
+        elif self.deadline is not None and time.monotonic() >= self.deadline:
+            self.reason = TIME_LIMIT
+        return self.reason is not None
 
 
 def check_gguf(path: str) -> None:
@@ -138,6 +149,7 @@ class ModelHolder:
         self._loader = loader
         self._lock = threading.Lock()
         self._llama: Any = None
+        self._template: ChatTemplate | bool | None = None  # False: the model has none
         self.load_seconds: float | None = None
         self.generations = 0
 
@@ -159,32 +171,57 @@ class ModelHolder:
             self.load_seconds = time.perf_counter() - started
             log.info("model loaded", extra={"model_path": self.settings.model_path, "load_s": self.load_seconds})
             self._llama = llama
+            self._template = None
         return self._llama
 
-    def complete(self, prompt: str, params: SamplingParams, deadline: float | None = None) -> Completion:
-        """Generate one answer, stopping at `deadline` (time.monotonic()) with finish_reason time_limit.
+    def complete(self, prompt: Prompt, params: SamplingParams, deadline: float | None = None, *,
+                 cancelled: threading.Event | None = None, on_text: Callable[[str], None] | None = None) -> Completion:
+        """Generate one answer, stopping at `deadline` (time.monotonic()) with finish_reason time_limit,
+        or once `cancelled` is set. With `on_text`, the text is streamed to it piece by piece.
 
-        Raises ModelUnavailable, ContextOverflow or GenerationFailed.
+        Raises ModelUnavailable, ContextOverflow, BadRequest (messages the chat template refuses) or
+        GenerationFailed.
         """
-        out_of_time = Deadline(deadline)
+        signal = StopSignal(deadline, cancelled)
         with self._lock:
             llama = self._ensure_loaded()
-            prompt_tokens = len(llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))
+            model_input, stop, prompt_tokens = self._prepare(llama, prompt, params)
             if prompt_tokens + params.max_tokens > self.settings.n_ctx:
                 raise ContextOverflow(prompt_tokens, params.max_tokens, self.settings.n_ctx)
+            if cancelled is not None and cancelled.is_set():  # gone while waiting for the model
+                return Completion("", CANCELLED, prompt_tokens, 0)
+            # SamplingParams' fields are create_completion's own keyword names: nothing to map, nothing to drift.
+            kwargs = {**asdict(params), "prompt": model_input, "stop": stop, "stopping_criteria": signal}
             try:
-                # SamplingParams' fields are create_completion's own keyword names: nothing to map, nothing to drift.
-                out = llama.create_completion(
-                    prompt=prompt, stopping_criteria=out_of_time, **{**asdict(params), "stop": list(params.stop)}
-                )
+                if on_text is None:
+                    out = llama.create_completion(**kwargs)
+                    choice, usage = out["choices"][0], out.get("usage") or {}
+                    text, finish_reason = choice["text"], choice.get("finish_reason")
+                    completion_tokens = int(usage.get("completion_tokens", 0))
+                    prompt_tokens = int(usage.get("prompt_tokens", prompt_tokens))
+                else:
+                    text, finish_reason = "", None
+                    for chunk in llama.create_completion(**kwargs, stream=True):
+                        choice = chunk["choices"][0]
+                        if choice["text"]:
+                            text += choice["text"]
+                            on_text(choice["text"])
+                        finish_reason = choice.get("finish_reason") or finish_reason
+                    completion_tokens = max(0, signal.seen - prompt_tokens + 1)
             except Exception as exc:
                 raise GenerationFailed(f"llama.cpp generation failed: {exc!r}") from exc
             self.generations += 1
-        choice = out["choices"][0]
-        usage = out.get("usage") or {}
-        return Completion(
-            text=choice["text"].strip(),
-            finish_reason=TIME_LIMIT if out_of_time.reached else choice.get("finish_reason") or "stop",
-            prompt_tokens=int(usage.get("prompt_tokens", prompt_tokens)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
-        )
+        return Completion(text, signal.reason or finish_reason or "stop", prompt_tokens, completion_tokens)
+
+    def _prepare(self, llama: Any, prompt: Prompt, params: SamplingParams) -> tuple[str | list[int], list[str], int]:
+        """The model's input, the stop strings and the prompt's length in tokens."""
+        stop = list(params.stop)
+        if isinstance(prompt, ChatPrompt):
+            if self._template is None:
+                self._template = ChatTemplate.of(llama) or False
+            if self._template:
+                rendered = self._template.render(prompt.messages)
+                return rendered.tokens, stop + list(rendered.stop), len(rendered.tokens)
+            stop += [s for s in prompt.fallback_stop if s not in stop]
+            prompt = prompt.fallback
+        return prompt, stop, len(llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))

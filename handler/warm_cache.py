@@ -47,7 +47,7 @@ async def warm(service: ChatService, prompts: list[tuple[str, int | None]]) -> C
     for prompt, max_tokens in tqdm(prompts, desc="warming cache", unit="prompt"):
         try:
             answer = await service.answer(
-                "chat", compose(service.settings, prompt), service.sampling(max_tokens), CachePolicy()
+                compose(service.settings, prompt), service.sampling(max_tokens), CachePolicy()
             )
             outcomes[answer.source] += 1
         except ServiceError as exc:

@@ -144,17 +144,17 @@ def test_a_different_model_file_at_the_same_path_misses(settings: Settings, serv
 
 def test_key_covers_every_input_and_is_canonical() -> None:
     params = SamplingParams(8, ("Human:",), 0.0, 0.95, 40, 0.05, 1.0, 0)
-    base = cache_key("chat", "m", "p", params, 512)
-    assert base == cache_key("chat", "m", "p", params, 512)
+    base = cache_key("text", "m", "p", params, 512)
+    assert base == cache_key("text", "m", "p", params, 512)
     assert len(base) == 64
     variants = [
         cache_key("completion", "m", "p", params, 512),
-        cache_key("chat", "m2", "p", params, 512),
-        cache_key("chat", "m", "p ", params, 512),
-        cache_key("chat", "m", "p", params, 1024),
-        cache_key("chat", "m", "p", SamplingParams(9, ("Human:",), 0.0, 0.95, 40, 0.05, 1.0, 0), 512),
-        cache_key("chat", "m", "p", SamplingParams(8, ("Human:", "x"), 0.0, 0.95, 40, 0.05, 1.0, 0), 512),
-        cache_key("chat", "m", "p", SamplingParams(8, ("Human:",), 0.0, 0.95, 40, 0.05, 1.1, 0), 512),
+        cache_key("text", "m2", "p", params, 512),
+        cache_key("text", "m", "p ", params, 512),
+        cache_key("text", "m", "p", params, 1024),
+        cache_key("text", "m", "p", SamplingParams(9, ("Human:",), 0.0, 0.95, 40, 0.05, 1.0, 0), 512),
+        cache_key("text", "m", "p", SamplingParams(8, ("Human:", "x"), 0.0, 0.95, 40, 0.05, 1.0, 0), 512),
+        cache_key("text", "m", "p", SamplingParams(8, ("Human:",), 0.0, 0.95, 40, 0.05, 1.1, 0), 512),
     ]
     assert len({base, *variants}) == len(variants) + 1
 
@@ -218,7 +218,7 @@ def test_corrupt_cache_database_is_moved_aside_and_answers_stay_right(
 def _key_for(app: FastAPI, prompt: str, max_tokens: int) -> str:
     service = app.state.chat
     identity = model_identity(service.settings.model_path, service.settings.model_sha256)
-    return cache_key("chat", identity, compose(service.settings, prompt), service.sampling(max_tokens),
+    return cache_key("text", identity, compose(service.settings, prompt), service.sampling(max_tokens),
                      service.settings.n_ctx)
 
 

@@ -37,7 +37,7 @@ def test_64_concurrent_clients_get_right_answers_or_429(settings: Settings) -> N
     reference_model = ModelHolder(settings)
     app = create_app(settings, model=ModelHolder(settings, loader=lambda s: SteadyLlama(load_llama(s))))
     app_params = app.state.chat.sampling(MAX_TOKENS)
-    expected = {p: reference_model.complete(compose(settings, p), app_params).text
+    expected = {p: reference_model.complete(compose(settings, p), app_params).text.strip()
                 for p in {p for row in plan for p in row}}
 
     outcomes: list[tuple[str, int, str, dict]] = []

@@ -15,7 +15,7 @@ from handler.model import SamplingParams
 
 
 def cache_key(kind: str, model: str, prompt: str, params: SamplingParams, n_ctx: int) -> str:
-    """`kind` separates answer shapes (the /chat text is stripped, a raw completion is not)."""
+    """`kind` separates what `prompt` holds: "text" (the model's raw input) or "chat" (messages to format)."""
     material: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "kind": kind,

@@ -49,7 +49,7 @@ async def chat(
     params = service.sampling(body.max_tokens)
     policy = cache_policy(request.headers.get("cache-control"), body.cache)
     deadline = service.deadline(remaining_ms(request))
-    answer = await service.answer("chat", compose(service.settings, body.prompt), params, policy, deadline)
+    answer = await service.answer(compose(service.settings, body.prompt), params, policy, deadline)
     response.headers["X-Cache"] = answer.source
     response.headers["X-Finish-Reason"] = answer.completion.finish_reason
     completion = answer.completion
@@ -62,4 +62,4 @@ async def chat(
     }
     if service.settings.log_prompts:
         request.state.log_fields.update(prompt=body.prompt, answer=completion.text)
-    return ChatResponse(text=completion.text)
+    return ChatResponse(text=completion.text.strip())
