@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from handler.app import create_app  # noqa: E402
-from handler.logs import JsonFormatter  # noqa: E402
 from handler.config import load_settings  # noqa: E402
+from handler.logs import JsonFormatter  # noqa: E402
 from tests.conftest import FakeLambdaContext, lambda_event  # noqa: E402
 
 PROMPT = "What is the capital of France?"

@@ -5,15 +5,15 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from handler.auth import ApiKeyMiddleware, ApiKeys
+from handler.body_limit import BodyLimitMiddleware
 from handler.cache.tiered import ResponseCache
 from handler.chat_service import ChatService
 from handler.config import Settings, load_settings
 from handler.errors import install_error_handlers
 from handler.logs import configure_logging
 from handler.model import ModelHolder
-from handler.body_limit import BodyLimitMiddleware
 from handler.request_context import RequestContextMiddleware
-from handler.routes import chat, health
+from handler.routes import chat, health, openai
 
 
 def create_app(settings: Settings | None = None, *, model: ModelHolder | None = None) -> FastAPI:
@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     configure_logging(settings.log_level)
     app = FastAPI(
         title="LLM chat service",
-        summary="A GGUF model behind /chat, with a tiered response cache.",
+        summary="A GGUF model behind /chat and an OpenAI-compatible /v1 API, with a tiered response cache.",
         version="0.1.0",
     )
     app.state.settings = settings
@@ -33,5 +33,6 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     app.add_middleware(ApiKeyMiddleware, keys=ApiKeys(settings))
     app.add_middleware(RequestContextMiddleware)  # added last, so it runs first: the request id exists for both
     app.include_router(chat.router)
+    app.include_router(openai.router)
     app.include_router(health.router)
     return app

@@ -24,7 +24,6 @@ from handler.errors import BadRequest
 from handler.model import CANCELLED, TIME_LIMIT, Completion, ModelHolder, Prompt, SamplingParams
 from handler.single_flight import Busy, SingleFlight
 
-
 RESPONSE_MARGIN_S = 2.0  # of a function's remaining time, kept to send the answer
 
 
@@ -77,8 +76,9 @@ class ChatService:
         return time.monotonic() + min(limits) if limits else None
 
     async def _key(self, prompt: Prompt, params: SamplingParams) -> str:
-        """A raw prompt is keyed by its text, whichever route sent it: /chat, /v1/completions and a
-        /v1/chat/completions that falls back to the config template share answers when the text is the same."""
+        """A raw prompt is keyed by its text, whichever route sent it (/chat and /v1/completions share
+        answers for the same model input); chat messages by the messages, since which template formats
+        them is known only once the model is loaded."""
         identity = self._identity or await run_in_threadpool(self._model_identity)
         if isinstance(prompt, str):
             return cache_key("text", identity, prompt, params, self.settings.n_ctx)

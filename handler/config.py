@@ -47,6 +47,12 @@ class Settings(BaseModel):
         description="Known sha256 of the model file. When set it is the model's identity in cache keys, "
         "so a cold container never reads the file to fingerprint it.",
     )
+    model_name: str | None = Field(
+        None,
+        min_length=1,
+        description="The model's id in /v1/models, which OpenAI clients send as `model`; the model file's "
+        "name without .gguf when unset.",
+    )
     n_gpu_layers: int = Field(50, ge=-1, description="Layers offloaded to the GPU; ignored without one.")
     n_ctx: int = Field(2048, ge=64, le=131072, description="Context window in tokens.")
     n_batch: int = Field(512, ge=1, description="Prompt tokens evaluated per batch.")
@@ -134,6 +140,10 @@ class Settings(BaseModel):
         if "prompt" not in names:
             raise ValueError("must contain {prompt}")
         return template
+
+    @property
+    def served_model(self) -> str:
+        return self.model_name or self.model_path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf")
 
     @field_validator("model_path")
     @classmethod

@@ -24,6 +24,7 @@ class ServiceError(Exception):
     error_type = "internal_error"
     public_message = "The service failed to answer; the request id identifies the cause in the log."
     headers: dict[str, str] | None = None
+    param: str | None = None  # the request field at fault, as OpenAI's error bodies name it
 
     def __init__(self, cause: str = "") -> None:
         super().__init__(cause)
@@ -71,9 +72,15 @@ class BadRequest(ServiceError):
     status_code = 400
     error_type = "invalid_request"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.public_message = message
+        self.param = param
+
+
+class NotFound(BadRequest):
+    status_code = 404
+    error_type = "not_found"
 
 
 def request_id_of(request: Request) -> str:
@@ -88,21 +95,29 @@ async def service_error_response(request: Request, exc: Exception) -> JSONRespon
     assert isinstance(exc, ServiceError)
     level = logging.WARNING if exc.status_code < 500 else logging.ERROR
     log.log(level, "%s: %s", exc.error_type, exc.cause, extra={"request_id": request_id_of(request)})
+    extra = {"param": exc.param} if exc.param else {}
     return JSONResponse(
-        error_body(request, exc.error_type, exc.public_message), status_code=exc.status_code, headers=exc.headers
+        error_body(request, exc.error_type, exc.public_message, **extra), status_code=exc.status_code,
+        headers=exc.headers,
     )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """Field-level messages, without echoing the input (which may be a long or private prompt)."""
+    """Field-level messages, without echoing the input (which may be a long or private prompt).
+
+    422 as FastAPI has it, but 400 on the OpenAI-compatible routes, as OpenAI answers (its clients
+    raise BadRequestError for it)."""
     assert isinstance(exc, RequestValidationError)
     fields = []
     for error in exc.errors():
         loc = [str(part) for part in error.get("loc", ()) if part != "body"]
         fields.append({"field": ".".join(loc) or "body", "message": error.get("msg", "invalid")})
     summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    openai_route = request.url.path.startswith("/v1/")
     return JSONResponse(
-        error_body(request, "invalid_request", f"Invalid request: {summary}", fields=fields), status_code=422
+        error_body(request, "invalid_request", f"Invalid request: {summary}", fields=fields,
+                   **({"param": fields[0]["field"]} if openai_route and fields else {})),
+        status_code=400 if openai_route else 422,
     )
 
 

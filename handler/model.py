@@ -21,6 +21,7 @@ from handler.chat_format import ChatPrompt, ChatTemplate
 from handler.config import Settings
 from handler.errors import ContextOverflow, GenerationFailed, ModelUnavailable
 from handler.model_source import ModelSource, model_source
+from handler.text_stream import TextStream
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -78,16 +79,17 @@ CANCELLED = "cancelled"
 
 class StopSignal:
     """A llama-cpp-python stopping criterion, checked after every token: stop once past the deadline
-    or once the caller has gone. It also counts tokens, which a streamed completion does not report."""
+    or once the caller has gone. It is also where a streamed answer sees each new token."""
 
     def __init__(self, deadline: float | None, cancelled: threading.Event | None = None) -> None:
         self.deadline = deadline
         self.cancelled = cancelled
         self.reason: str | None = None
-        self.seen = 0  # prompt and generated tokens when last called
+        self.stream: TextStream | None = None
 
     def __call__(self, input_ids: Any, logits: Any) -> bool:
-        self.seen = len(input_ids)
+        if self.stream is not None:
+            self.stream.feed(input_ids)
         if self.cancelled is not None and self.cancelled.is_set():
             self.reason = CANCELLED
         elif self.deadline is not None and time.monotonic() >= self.deadline:
@@ -185,43 +187,40 @@ class ModelHolder:
         signal = StopSignal(deadline, cancelled)
         with self._lock:
             llama = self._ensure_loaded()
-            model_input, stop, prompt_tokens = self._prepare(llama, prompt, params)
-            if prompt_tokens + params.max_tokens > self.settings.n_ctx:
-                raise ContextOverflow(prompt_tokens, params.max_tokens, self.settings.n_ctx)
+            tokens, stop = self._prepare(llama, prompt, params)
+            if len(tokens) + params.max_tokens > self.settings.n_ctx:
+                raise ContextOverflow(len(tokens), params.max_tokens, self.settings.n_ctx)
             if cancelled is not None and cancelled.is_set():  # gone while waiting for the model
-                return Completion("", CANCELLED, prompt_tokens, 0)
-            # SamplingParams' fields are create_completion's own keyword names: nothing to map, nothing to drift.
-            kwargs = {**asdict(params), "prompt": model_input, "stop": stop, "stopping_criteria": signal}
+                return Completion("", CANCELLED, len(tokens), 0)
+            if on_text is not None:
+                signal.stream = TextStream(llama, len(tokens), stop, on_text)
             try:
-                if on_text is None:
-                    out = llama.create_completion(**kwargs)
-                    choice, usage = out["choices"][0], out.get("usage") or {}
-                    text, finish_reason = choice["text"], choice.get("finish_reason")
-                    completion_tokens = int(usage.get("completion_tokens", 0))
-                    prompt_tokens = int(usage.get("prompt_tokens", prompt_tokens))
-                else:
-                    text, finish_reason = "", None
-                    for chunk in llama.create_completion(**kwargs, stream=True):
-                        choice = chunk["choices"][0]
-                        if choice["text"]:
-                            text += choice["text"]
-                            on_text(choice["text"])
-                        finish_reason = choice.get("finish_reason") or finish_reason
-                    completion_tokens = max(0, signal.seen - prompt_tokens + 1)
+                # SamplingParams' fields are create_completion's own keyword names: nothing to map, nothing to drift.
+                out = llama.create_completion(
+                    **{**asdict(params), "prompt": tokens, "stop": stop, "stopping_criteria": signal}
+                )
             except Exception as exc:
                 raise GenerationFailed(f"llama.cpp generation failed: {exc!r}") from exc
             self.generations += 1
-        return Completion(text, signal.reason or finish_reason or "stop", prompt_tokens, completion_tokens)
+        choice, usage = out["choices"][0], out.get("usage") or {}
+        if signal.stream is not None:
+            signal.stream.finish(choice["text"])
+        return Completion(
+            text=choice["text"],
+            finish_reason=signal.reason or choice.get("finish_reason") or "stop",
+            prompt_tokens=int(usage.get("prompt_tokens", len(tokens))),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+        )
 
-    def _prepare(self, llama: Any, prompt: Prompt, params: SamplingParams) -> tuple[str | list[int], list[str], int]:
-        """The model's input, the stop strings and the prompt's length in tokens."""
+    def _prepare(self, llama: Any, prompt: Prompt, params: SamplingParams) -> tuple[list[int], list[str]]:
+        """The model's input as tokens (tokenized as create_completion tokenizes a string) and the stop strings."""
         stop = list(params.stop)
         if isinstance(prompt, ChatPrompt):
             if self._template is None:
                 self._template = ChatTemplate.of(llama) or False
             if self._template:
                 rendered = self._template.render(prompt.messages)
-                return rendered.tokens, stop + list(rendered.stop), len(rendered.tokens)
+                return rendered.tokens, stop + list(rendered.stop)
             stop += [s for s in prompt.fallback_stop if s not in stop]
             prompt = prompt.fallback
-        return prompt, stop, len(llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+        return llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True), stop

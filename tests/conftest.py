@@ -114,6 +114,39 @@ class WrappedLlama:
     def create_completion(self, **kwargs: Any) -> Any:
         return self.real.create_completion(**kwargs)
 
+    def __getattr__(self, name: str) -> Any:  # metadata, detokenize, token_eos, ...
+        return getattr(self.real, name)
+
+
+class PacedLlama(WrappedLlama):
+    """The real model, `per_token_s` slower per token, delay injected at the per-token hook (where the
+    deadline, cancellation and streaming look). Records how many tokens each generation saw, when a
+    test's `watch` event was first seen set (in tokens), and that a generation has ended."""
+
+    def __init__(self, real: Any, per_token_s: float = 0.02, watch: threading.Event | None = None) -> None:
+        super().__init__(real)
+        self.per_token_s = per_token_s
+        self.watch = watch
+        self.watch_seen_at: int | None = None
+        self.tokens = 0
+        self.done = threading.Event()
+
+    def create_completion(self, **kwargs: Any) -> Any:
+        criteria = kwargs["stopping_criteria"]
+        self.tokens = 0
+
+        def paced(input_ids: Any, logits: Any) -> bool:
+            self.tokens += 1
+            if self.watch is not None and self.watch_seen_at is None and self.watch.is_set():
+                self.watch_seen_at = self.tokens
+            time.sleep(self.per_token_s)
+            return criteria(input_ids, logits)
+
+        try:
+            return super().create_completion(**{**kwargs, "stopping_criteria": paced})
+        finally:
+            self.done.set()
+
 
 class FakeLambdaContext:
     """The attributes Mangum and the service read from the Lambda context object."""

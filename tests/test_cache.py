@@ -15,9 +15,9 @@ from fastapi import FastAPI
 from handler.app import create_app
 from handler.cache.entry import SCHEMA_VERSION
 from handler.cache.keys import cache_key
-from handler.model_source import model_identity
 from handler.config import Settings
 from handler.model import ModelHolder, SamplingParams, load_llama
+from handler.model_source import model_identity
 from handler.prompt import compose
 from tests.conftest import LiveServer, WrappedLlama
 from tests.tiny_gguf import write_tiny_gguf

@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 from mangum import Mangum
 
 from handler.app import create_app
 from handler.config import Settings
 from handler.model import ModelHolder, load_llama
-from tests.conftest import FakeLambdaContext, LiveServer, WrappedLlama, lambda_body, lambda_event
-
-
-class SlowTokens(WrappedLlama):
-    """The real model, 20 ms slower per token: a delay injected at the per-token hook."""
-
-    def create_completion(self, **kwargs):
-        criteria = kwargs["stopping_criteria"]
-
-        def slow(input_ids, logits) -> bool:
-            time.sleep(0.02)
-            return criteria(input_ids, logits)
-
-        return super().create_completion(**{**kwargs, "stopping_criteria": slow})
+from tests.conftest import FakeLambdaContext, LiveServer, PacedLlama, lambda_body, lambda_event
 
 
 def slow_app(settings: Settings, **update) -> object:
     settings = settings.model_copy(update=update)
-    return create_app(settings, model=ModelHolder(settings, loader=lambda s: SlowTokens(load_llama(s))))
+    return create_app(settings, model=ModelHolder(settings, loader=lambda s: PacedLlama(load_llama(s))))
 
 
 def test_timeout_stops_the_generation_says_so_and_is_not_cached(settings: Settings) -> None:

@@ -13,7 +13,7 @@ VOCAB = ["<unk>", "<s>", "</s>", "<pad>"] + [f"<0x{i:02X}>" for i in range(256)]
 EMBED, FFN, HEADS, BLOCKS, CONTEXT = 64, 128, 4, 2, 512
 
 
-def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
+def write_tiny_gguf(path: Path, seed: int = 0, chat_template: str | None = None) -> Path:
     """Write the model; a different seed gives a different model of the same shape."""
     import gguf
 
@@ -42,6 +42,8 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
     writer.add_pad_token_id(3)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
 
     vocab = len(VOCAB)
     writer.add_tensor("token_embd.weight", weights(vocab, EMBED))

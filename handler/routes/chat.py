@@ -8,16 +8,10 @@ from handler.cache.policy import cache_policy
 from handler.chat_service import ChatService
 from handler.dependencies import get_chat_service
 from handler.prompt import compose
+from handler.routes.common import log_answer, remaining_ms
 from handler.schemas import ChatRequest, ChatResponse, ErrorResponse
 
 router = APIRouter()
-
-
-def remaining_ms(request: Request) -> int | None:
-    """The Lambda invocation's remaining time, under Mangum; None under uvicorn."""
-    context = request.scope.get("aws.context")
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    return int(remaining()) if callable(remaining) else None
 
 
 @router.post(
@@ -52,14 +46,5 @@ async def chat(
     answer = await service.answer(compose(service.settings, body.prompt), params, policy, deadline)
     response.headers["X-Cache"] = answer.source
     response.headers["X-Finish-Reason"] = answer.completion.finish_reason
-    completion = answer.completion
-    request.state.log_fields = {
-        "cache": answer.source,
-        "shared_generation": answer.shared,
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "finish_reason": completion.finish_reason,
-    }
-    if service.settings.log_prompts:
-        request.state.log_fields.update(prompt=body.prompt, answer=completion.text)
-    return ChatResponse(text=completion.text.strip())
+    log_answer(request, answer.source, answer.completion, body.prompt, shared=answer.shared)
+    return ChatResponse(text=answer.completion.text.strip())
