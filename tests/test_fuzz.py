@@ -28,6 +28,19 @@ SHAPED = st.fixed_dictionaries(
         "extra": JSON,
     },
 )
+CHAT_SHAPED = st.fixed_dictionaries(
+    {"model": st.sampled_from(["tiny", "gpt-4o", ""]) | JSON,
+     "messages": st.lists(st.fixed_dictionaries({
+         "role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "bogus"]) | JSON,
+         "content": st.text(max_size=200) | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text()}),
+                                                     max_size=2) | JSON,
+     }), max_size=3) | JSON},
+    optional={
+        "max_tokens": st.integers(-5, 2000) | JSON, "temperature": st.floats(-1, 3) | JSON,
+        "stop": st.lists(st.text(max_size=5), max_size=6) | JSON, "seed": st.integers(-1, 2**33) | JSON,
+        "stream": st.booleans() | JSON, "n": st.integers(0, 3) | JSON, "logprobs": JSON, "extra": JSON,
+    },
+)
 FUZZ = hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -39,11 +52,22 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model) -> Iterator[htt
         yield client
 
 
+def answer_text(body: dict) -> object:
+    """/chat's text, a completion's text or a chat completion's message content."""
+    if "text" in body:
+        return body["text"]
+    choice = body["choices"][0]
+    return choice["message"]["content"] if "message" in choice else choice["text"]
+
+
 def check(response: httpx.Response) -> None:
     assert response.status_code < 500, response.text
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        assert response.text.rstrip().endswith("data: [DONE]")
+        return
     body = response.json()
     if response.status_code == 200:
-        assert isinstance(body["text"], str)
+        assert isinstance(answer_text(body), str)
     else:
         assert body["error"]["message"] and body["error"]["request_id"]
 
@@ -52,6 +76,12 @@ def check(response: httpx.Response) -> None:
 @given(body=SHAPED)
 def test_schema_shaped_bodies_never_5xx(server: httpx.Client, body: dict) -> None:
     check(server.post("/chat", content=json.dumps(body), headers={"content-type": "application/json"}))
+
+
+@FUZZ
+@given(body=CHAT_SHAPED)
+def test_chat_completion_shaped_bodies_never_5xx(server: httpx.Client, body: dict) -> None:
+    check(server.post("/v1/chat/completions", content=json.dumps(body), headers={"content-type": "application/json"}))
 
 
 @FUZZ
@@ -69,5 +99,9 @@ def test_any_bytes_never_5xx(server: httpx.Client, raw: bytes, content_type: str
 
 @pytest.mark.parametrize("prompt_json", ['"\\ud800"', '"a\\udfffb"', '"\\u0000"', '"\\ud83d\\ude00 ok"'])
 def test_escaped_surrogates_and_nul_never_5xx(server: httpx.Client, prompt_json: str) -> None:
+    for path, body in [("/v1/completions", f'{{"model": "tiny", "max_tokens": 3, "prompt": {prompt_json}}}'),
+                       ("/v1/chat/completions", f'{{"model": "tiny", "max_tokens": 3, "stream": true, '
+                                                f'"messages": [{{"role": "user", "content": {prompt_json}}}]}}')]:
+        check(server.post(path, content=body, headers={"content-type": "application/json"}))
     check(server.post("/chat", content='{"prompt": %s, "max_tokens": 4}' % prompt_json,
                       headers={"content-type": "application/json"}))

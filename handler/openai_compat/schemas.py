@@ -6,9 +6,9 @@ parameter this engine cannot honour is refused, never silently ignored.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from handler.cache.policy import CacheMode
 from handler.errors import BadRequest
@@ -30,6 +30,18 @@ NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
     "parallel_tool_calls": (False,),
     "response_format": ({"type": "text"},),
 }
+
+
+def _utf8(text: str) -> str:
+    """JSON can escape a lone surrogate, which no model input can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (a lone surrogate escape is not)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
 
 
 class StreamOptions(BaseModel):
@@ -54,7 +66,7 @@ class OpenAIRequest(BaseModel):
         None, ge=0, le=2**32 - 1, strict=True,
         description="The service's seed when left out, so the same request gets the same answer.",
     )
-    stop: str | list[str] | None = Field(None, description="Up to 4 strings where the generation stops.")
+    stop: Text | list[Text] | None = Field(None, description="Up to 4 strings where the generation stops.")
     stream: bool = Field(False, description="Server-sent events; under a function (Mangum), sent all at once.")
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, description="Accepted for compatibility; it does not change the answer.")
@@ -83,7 +95,7 @@ class OpenAIRequest(BaseModel):
 
 
 class CompletionRequest(OpenAIRequest):
-    prompt: str | list[str] = Field(description="The raw prompt: no system prompt or template is added.")
+    prompt: Text | list[Text] = Field(description="The raw prompt: no system prompt or template is added.")
 
     @field_validator("prompt")
     @classmethod
@@ -101,14 +113,14 @@ class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "\n".join(part.text for part in self.content)
