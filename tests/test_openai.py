@@ -277,3 +277,13 @@ def test_streams_count_against_the_queue_bound(settings: Settings) -> None:
             busy = httpx.post(f"{server.url}/v1/completions", json={**body, "prompt": "other"}, timeout=30)
             assert not made[0].done.is_set()  # refused while the first stream was still generating
     assert busy.status_code == 429 and busy.headers["retry-after"]
+
+
+def test_the_openai_clients_api_key_is_checked_when_keys_are_configured(settings: Settings) -> None:
+    key = "k" * 24
+    with LiveServer(create_app(settings.model_copy(update={"api_keys": [key]}))) as server:
+        keyed = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=30)
+        assert [m.id for m in keyed.models.list()] == ["tiny"]
+        wrong = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong-" * 4, max_retries=0, timeout=30)
+        with pytest.raises(openai.AuthenticationError):
+            wrong.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}])
