@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from handler.cache.keys import cache_key
 from handler.cache.policy import CachePolicy
-from handler.cache.tiered import HIT_DISK, HIT_MEMORY, MISS, ResponseCache
+from handler.cache.tiered import HIT_MEMORY, MISS, ResponseCache
 from handler.config import Settings
 from handler.errors import BadRequest
 from handler.model import CANCELLED, TIME_LIMIT, Completion, ModelHolder, Prompt, SamplingParams
@@ -30,7 +30,7 @@ RESPONSE_MARGIN_S = 2.0  # of a function's remaining time, kept to send the answ
 @dataclass(frozen=True)
 class Answer:
     completion: Completion
-    source: str  # HIT-MEMORY, HIT-DISK or MISS, as the X-Cache header says
+    source: str  # HIT-MEMORY, HIT-DISK, HIT-SHARED or MISS, as the X-Cache header says
     shared: bool = False  # a MISS that joined an identical generation already in flight
 
 
@@ -90,8 +90,8 @@ class ChatService:
         hit = self.cache.get_memory(key)
         if hit is not None:
             return Answer(hit, HIT_MEMORY)
-        hit = await run_in_threadpool(self.cache.get_disk, key)
-        return Answer(hit, HIT_DISK) if hit is not None else None
+        slow = await run_in_threadpool(self.cache.get_slow, key)
+        return Answer(*slow) if slow is not None else None
 
     def _store(self, key: str, completion: Completion, policy: CachePolicy) -> None:
         """Only a whole answer is the answer: one cut short by the deadline or a departed client is not kept."""

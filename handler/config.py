@@ -94,6 +94,22 @@ class Settings(BaseModel):
     cache_disk_retry_seconds: float = Field(
         30.0, ge=0, description="After a disk fault, how long the service runs memory-only before retrying."
     )
+    cache_table: str | None = Field(
+        None, min_length=3, max_length=255,
+        description="A DynamoDB table that every container shares, behind memory and disk; off when unset.",
+    )
+    cache_table_ttl_seconds: float = Field(
+        7 * 24 * 3600, ge=60, description="How long the table keeps an answer (its TTL attribute); "
+        "cache_ttl_seconds, when shorter, wins.",
+    )
+    cache_table_timeout_seconds: float = Field(0.5, gt=0, le=10, description="Connect and read timeout per call.")
+    cache_table_max_attempts: int = Field(2, ge=1, le=10, description="Attempts per call, retries included.")
+    cache_table_write_wait_seconds: float = Field(
+        0.2, ge=0, le=5, description="Longest a response waits for its answer's write to the table."
+    )
+    cache_table_retry_seconds: float = Field(
+        30.0, ge=0, description="After a table fault, how long the service leaves the table alone."
+    )
 
     generation_timeout_seconds: float | None = Field(
         50.0,

@@ -78,7 +78,7 @@ def test_every_environment_variable_is_a_setting(template: dict[str, Any]) -> No
         assert name.removeprefix(ENV_PREFIX).lower() in Settings.model_fields, f"{name} is not a setting"
 
 
-def test_the_function_may_read_only_the_model_object_and_the_keys_secret(template: dict[str, Any]) -> None:
+def test_the_function_may_read_only_the_model_the_keys_secret_and_items_of_the_table(template: dict[str, Any]) -> None:
     policies = template["Resources"]["ChatFunction"]["Properties"]["Policies"]
     granted = {}
     for policy in policies:
@@ -89,7 +89,19 @@ def test_the_function_may_read_only_the_model_object_and_the_keys_secret(templat
     assert granted == {
         "HasS3Model": ("s3:GetObject", {"Sub": "arn:${AWS::Partition}:s3:::${ModelBucket}/${ModelKey}"}),
         "HasApiKeysSecret": ("secretsmanager:GetSecretValue", {"Ref": "ApiKeysSecretArn"}),
+        "HasSharedCache": (["dynamodb:GetItem", "dynamodb:PutItem"], {"GetAtt": "SharedCacheTable.Arn"}),
     }
+
+
+def test_the_shared_table_is_on_demand_expires_items_and_matches_the_code(template: dict[str, Any]) -> None:
+    from handler.cache.shared import EXPIRES, KEY
+
+    table = template["Resources"]["SharedCacheTable"]
+    assert table["Condition"] == "HasSharedCache"
+    properties = table["Properties"]
+    assert properties["BillingMode"] == "PAY_PER_REQUEST"
+    assert properties["KeySchema"] == [{"AttributeName": KEY, "KeyType": "HASH"}]
+    assert properties["TimeToLiveSpecification"] == {"AttributeName": EXPIRES, "Enabled": True}
 
 
 def test_dockerfile_entry_point_is_the_mangum_handler() -> None:

@@ -20,7 +20,7 @@ router = APIRouter()
     responses={
         200: {
             "headers": {
-                "X-Cache": {"description": "HIT-MEMORY, HIT-DISK or MISS", "schema": {"type": "string"}},
+                "X-Cache": {"description": "HIT-MEMORY, HIT-DISK, HIT-SHARED or MISS", "schema": {"type": "string"}},
                 "X-Finish-Reason": {
                     "description": "stop, length (max_tokens reached) or time_limit (the generation deadline)",
                     "schema": {"type": "string"},

@@ -1,0 +1,134 @@
+"""The shared tier: a DynamoDB table that every container of a fleet reads and writes.
+
+Behind memory and disk, so a container that has never seen a prompt still answers it when any
+other container has. It is a helper, never a dependency: every call has a short timeout and
+botocore's own bounded retries, and any fault (throttled, slow, missing table, no network)
+switches the tier off with a warning for `retry_seconds` while the request goes on from the
+local tiers and the model. Items carry the same versioned entry as the disk tier, under the
+same key, and a TTL attribute so the table expires them itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from handler.cache.entry import Entry, decode, encode
+
+log = logging.getLogger(__name__)
+
+ITEM_LIMIT = 400 * 1024  # DynamoDB's item size limit: attribute names and values together
+KEY, ENTRY, EXPIRES = "key", "entry", "expires_at"
+
+
+class SharedTier:
+    def __init__(self, table: str, ttl: float, timeout: float, max_attempts: int, write_wait: float,
+                 retry_seconds: float, local_ttl: float | None = None) -> None:
+        self.table = table
+        self._ttl = ttl  # how long the table keeps an item (its TTL attribute)
+        self._local_ttl = local_ttl  # cache_ttl_seconds: an older entry is never served, wherever it is
+        self._timeout = timeout
+        self._max_attempts = max_attempts
+        self._write_wait = write_wait
+        self._retry_seconds = retry_seconds
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._failed_at: float | None = None
+        self._writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shared-cache-write")
+        self.hits = 0
+        self.writes = 0
+        self.faults = 0
+        self.skipped_oversize = 0
+
+    @property
+    def degraded(self) -> bool:
+        return self._failed_at is not None
+
+    def _connect(self) -> Any:
+        """boto3 is imported here, on first use: a service without the tier never imports it."""
+        with self._lock:
+            if self._failed_at is not None and time.monotonic() - self._failed_at < self._retry_seconds:
+                return None
+            if self._client is None:
+                import boto3
+                from botocore.config import Config
+
+                self._client = boto3.client("dynamodb", config=Config(
+                    connect_timeout=self._timeout, read_timeout=self._timeout,
+                    retries={"mode": "standard", "total_max_attempts": self._max_attempts},
+                ))
+            return self._client
+
+    def _fail(self, action: str, exc: BaseException) -> None:
+        self.faults += 1
+        if self._failed_at is None:
+            log.warning("shared cache %s failed; answering from the local tiers and the model until it recovers",
+                        action, extra={"table": self.table, "error": repr(exc), "retry_s": self._retry_seconds})
+        self._failed_at = time.monotonic()
+
+    def _recovered(self) -> None:
+        if self._failed_at is not None:
+            self._failed_at = None
+            log.warning("shared cache is back", extra={"table": self.table})
+
+    def get(self, key: str) -> Entry | None:
+        """Blocking: one GetItem, bounded by the timeout and the retry config."""
+        client = self._connect()
+        if client is None:
+            return None
+        try:
+            item = client.get_item(TableName=self.table, Key={KEY: {"S": key}}).get("Item")
+        except Exception as exc:
+            self._fail("read", exc)
+            return None
+        self._recovered()
+        if not item:
+            return None
+        raw = item.get(ENTRY, {}).get("B")
+        expires = item.get(EXPIRES, {}).get("N")
+        entry = decode(key, raw)
+        # DynamoDB deletes expired items lazily (within days): the attribute is checked here too.
+        if entry is None or expires is None or float(expires) <= time.time() or entry.expired(self._local_ttl):
+            return None
+        self.hits += 1
+        return entry
+
+    def put(self, key: str, entry: Entry) -> None:
+        """Written on a thread of its own; the caller waits at most `write_wait` seconds for it. In a
+        function the container may be frozen after the response, so a short wait makes the write
+        land now in the common case, without ever making an answer wait on a slow table."""
+        raw = encode(key, entry)
+        size = len(KEY) + len(key) + len(ENTRY) + len(raw) + len(EXPIRES) + 21  # a number takes up to 21 bytes
+        if size > ITEM_LIMIT:
+            self.skipped_oversize += 1
+            log.info("answer too large for the shared cache; kept locally only",
+                     extra={"table": self.table, "item_bytes": size, "limit_bytes": ITEM_LIMIT})
+            return
+        future = self._writer.submit(self._write, key, raw, entry.created)
+        try:
+            future.result(timeout=self._write_wait)
+        except FutureTimeout:
+            pass  # still on its way; its own timeout and retries bound it
+
+    def _write(self, key: str, raw: bytes, created: float) -> None:
+        client = self._connect()
+        if client is None:
+            return
+        expires = int(created + self._ttl)
+        try:
+            client.put_item(TableName=self.table, Item={
+                KEY: {"S": key}, ENTRY: {"B": raw}, EXPIRES: {"N": str(expires)},
+            })
+        except Exception as exc:
+            self._fail("write", exc)
+            return
+        self._recovered()
+        self.writes += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {"enabled": True, "table": self.table, "degraded": self.degraded, "hits": self.hits,
+                "writes": self.writes, "faults": self.faults, "skipped_oversize": self.skipped_oversize}
