@@ -11,6 +11,7 @@ from handler.chat_service import ChatService
 from handler.config import Settings, load_settings
 from handler.errors import install_error_handlers
 from handler.logs import configure_logging
+from handler.metrics import PrometheusMetrics, make_metrics
 from handler.model import ModelHolder
 from handler.request_context import RequestContextMiddleware
 from handler.routes import chat, health, openai
@@ -31,7 +32,11 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=ApiKeys(settings))
-    app.add_middleware(RequestContextMiddleware)  # added last, so it runs first: the request id exists for both
+    app.state.metrics = make_metrics(settings.metrics, app.state.chat)
+    if isinstance(app.state.metrics, PrometheusMetrics):
+        app.add_route("/metrics", app.state.metrics.endpoint, include_in_schema=False)
+    # Added last, so it runs first: the request id exists for both others.
+    app.add_middleware(RequestContextMiddleware, record=app.state.metrics.record)
     app.include_router(chat.router)
     app.include_router(openai.router)
     app.include_router(health.router)

@@ -147,6 +147,11 @@ class ChatService:
         await stream.first()
         return stream
 
+    @property
+    def pending(self) -> int:
+        """Distinct generations queued or running, streams included."""
+        return self.flights.in_flight + self._streams
+
     def _free_slots(self) -> int:
         """What is left of `max_pending_generations` for flights, once the running streams are counted."""
         return max(0, self.settings.max_pending_generations - self._streams)

@@ -139,6 +139,9 @@ class Settings(BaseModel):
 
     # Service
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics: Literal["auto", "emf", "prometheus", "off"] = Field(
+        "auto", description="auto: CloudWatch EMF in the log line inside AWS Lambda, Prometheus /metrics elsewhere."
+    )
     log_prompts: bool = Field(
         False, description="Put prompt and answer text in the request log line. Off: logs carry no user text."
     )

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,13 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    # How this answer was made, for logs and metrics; not cached (a hit made nothing).
+    generation_seconds: float = field(default=0.0, compare=False)
+    load_seconds: float | None = field(default=None, compare=False)  # set when this request loaded the model
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.completion_tokens / self.generation_seconds if self.generation_seconds > 0 else None
 
 
 Loader = Callable[[Settings], "Llama"]
@@ -186,7 +193,9 @@ class ModelHolder:
         """
         signal = StopSignal(deadline, cancelled)
         with self._lock:
+            loaded_before = self._llama is not None
             llama = self._ensure_loaded()
+            load_seconds = None if loaded_before else self.load_seconds
             tokens, stop = self._prepare(llama, prompt, params)
             if len(tokens) + params.max_tokens > self.settings.n_ctx:
                 raise ContextOverflow(len(tokens), params.max_tokens, self.settings.n_ctx)
@@ -194,6 +203,7 @@ class ModelHolder:
                 return Completion("", CANCELLED, len(tokens), 0)
             if on_text is not None:
                 signal.stream = TextStream(llama, len(tokens), stop, on_text)
+            started = time.perf_counter()
             try:
                 # SamplingParams' fields are create_completion's own keyword names: nothing to map, nothing to drift.
                 out = llama.create_completion(
@@ -202,6 +212,7 @@ class ModelHolder:
             except Exception as exc:
                 raise GenerationFailed(f"llama.cpp generation failed: {exc!r}") from exc
             self.generations += 1
+            generation_seconds = time.perf_counter() - started
         choice, usage = out["choices"][0], out.get("usage") or {}
         if signal.stream is not None:
             signal.stream.finish(choice["text"])
@@ -210,6 +221,8 @@ class ModelHolder:
             finish_reason=signal.reason or choice.get("finish_reason") or "stop",
             prompt_tokens=int(usage.get("prompt_tokens", len(tokens))),
             completion_tokens=int(usage.get("completion_tokens", 0)),
+            generation_seconds=generation_seconds,
+            load_seconds=load_seconds,
         )
 
     def _prepare(self, llama: Any, prompt: Prompt, params: SamplingParams) -> tuple[list[int], list[str]]:

@@ -10,6 +10,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,8 +34,10 @@ def _request_id(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, record: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        """`record` sees each request's log fields (metrics) and may add some of its own to the line."""
         self.app = app
+        self.record = record
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,4 +68,6 @@ class RequestContextMiddleware:
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),
             }
             fields.update(state.get("log_fields", {}))
+            if self.record is not None:
+                fields.update(self.record(fields))
             log.info("request", extra=fields)

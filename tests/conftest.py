@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import io
 import json
+import logging
 import socket
 import threading
 import time
@@ -19,6 +21,7 @@ from fastapi import FastAPI
 
 from handler.app import create_app
 from handler.config import Settings
+from handler.logs import JsonFormatter
 from tests.tiny_gguf import CONTEXT, write_tiny_gguf
 
 EVENTS = Path(__file__).parent / "events"
@@ -53,6 +56,25 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def app(settings: Settings) -> FastAPI:
     return create_app(settings)
+
+
+@pytest.fixture
+def access_log() -> Iterator[io.StringIO]:
+    """The request log lines (JSON), as the service writes them."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("handler.access")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield stream
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 class LiveServer:

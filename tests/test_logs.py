@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import io
-import json
-import logging
 
 import httpx
 import pytest
 
 from handler.app import create_app
 from handler.config import Settings
-from handler.logs import JsonFormatter
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, lines
 
 SECRET_PROMPT = "my account number is 1234-5678"
-
-
-@pytest.fixture
-def access_log() -> io.StringIO:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("handler.access")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    yield stream
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
-def lines(stream: io.StringIO) -> list[dict]:
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 @pytest.mark.parametrize("keep", [False, True])

@@ -3,6 +3,7 @@ promoted to the faster ones. Stores go to every tier."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -57,7 +58,9 @@ class ResponseCache:
 
     def put(self, key: str, completion: Completion) -> None:
         """Blocking: call from a worker thread. Only finished answers come here."""
-        entry = Entry(completion, time.time())
+        # What it cost to make is this request's, not the answer's: a hit made nothing.
+        stored = dataclasses.replace(completion, generation_seconds=0.0, load_seconds=None)
+        entry = Entry(stored, time.time())
         self.memory.put(key, entry)
         if self.disk is not None:
             self.disk.put(key, entry)

@@ -25,6 +25,11 @@ def log_answer(request: Request, source: str, completion: Completion, prompt: st
         "completion_tokens": completion.completion_tokens,
         "finish_reason": completion.finish_reason,
     }
+    if completion.generation_seconds:
+        fields["generation_s"] = round(completion.generation_seconds, 4)
+        fields["tokens_per_second"] = round(completion.tokens_per_second or 0.0, 2)
+    if completion.load_seconds is not None:
+        fields["model_load_s"] = round(completion.load_seconds, 4)
     if request.app.state.settings.log_prompts:
         fields.update(prompt=prompt, answer=completion.text)
     request.state.log_fields = fields

@@ -1,0 +1,107 @@
+"""Metrics: Prometheus /metrics under uvicorn, CloudWatch EMF in the log line as a function; and the
+facts of each request in its log line (model load time, tokens per second)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import httpx
+import pytest
+from mangum import Mangum
+from prometheus_client.parser import text_string_to_metric_families
+
+from handler.app import create_app
+from handler.config import Settings
+from handler.metrics import NAMESPACE
+from tests.conftest import FakeLambdaContext, LiveServer, lambda_event, lines
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_prometheus_metrics_count_what_happened(settings: Settings, access_log: io.StringIO) -> None:
+    with LiveServer(create_app(settings.model_copy(update={"metrics": "prometheus"}))) as server:
+        for _ in range(2):
+            httpx.post(f"{server.url}/chat", json={"prompt": "count me", "max_tokens": 5})
+        httpx.post(f"{server.url}/v1/completions", json={"model": "tiny", "prompt": "raw", "max_tokens": 4})
+        httpx.post(f"{server.url}/chat", json={"prompt": ""})
+        response = httpx.get(f"{server.url}/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    got = samples(response.text)
+    miss = (("cache", "MISS"), ("route", "/chat"), ("status", "200"))
+    assert got[("chat_requests_total", miss)] == 1
+    assert got[("chat_requests_total", (("cache", "HIT-MEMORY"), ("route", "/chat"), ("status", "200")))] == 1
+    assert got[("chat_requests_total", (("cache", "MISS"), ("route", "/v1/completions"), ("status", "200")))] == 1
+    assert got[("chat_requests_total", (("cache", "ERROR"), ("route", "/chat"), ("status", "422")))] == 1
+    assert got[("chat_request_latency_seconds_count", (("cache", "MISS"), ("route", "/chat")))] == 1
+    assert got[("chat_cache_hits_total", (("tier", "memory"),))] == 1
+    assert got[("chat_cache_misses_total", ())] == 2
+    assert got[("chat_generations_total", ())] == 2
+    assert got[("chat_model_loaded", ())] == 1
+    logged = [line for line in lines(access_log) if line.get("cache") == "MISS"]
+    assert got[("chat_tokens_total", (("kind", "completion"),))] == sum(line["completion_tokens"] for line in logged)
+
+
+def test_the_request_line_says_when_the_model_loaded_and_how_fast_it_generated(
+        settings: Settings, access_log: io.StringIO) -> None:
+    with LiveServer(create_app(settings)) as server:
+        for prompt in ("first", "second", "second"):
+            httpx.post(f"{server.url}/chat", json={"prompt": prompt, "max_tokens": 5})
+    first, second, hit = lines(access_log)
+    assert first["model_load_s"] > 0 and "model_load_s" not in second and "model_load_s" not in hit
+    assert first["tokens_per_second"] > 0 and second["tokens_per_second"] > 0
+    assert second["tokens_per_second"] == pytest.approx(second["completion_tokens"] / second["generation_s"], rel=0.01)
+    assert "tokens_per_second" not in hit  # a hit generated nothing
+
+
+def emf_lines(settings: Settings, access_log: io.StringIO, prompts: list[str]) -> list[dict[str, Any]]:
+    handler = Mangum(create_app(settings.model_copy(update={"metrics": "emf"})), lifespan="off")
+    for prompt in prompts:
+        handler(lambda_event("function-url", {"prompt": prompt, "max_tokens": 4}), FakeLambdaContext())
+    handler(lambda_event("function-url", "", path="/health", method="GET"), FakeLambdaContext())
+    return lines(access_log)
+
+
+def test_as_a_function_each_answer_line_is_a_cloudwatch_emf_record(settings: Settings,
+                                                                   access_log: io.StringIO) -> None:
+    miss, hit, health = emf_lines(settings, access_log, ["emf", "emf"])
+    for line in (miss, hit):
+        (directive,) = line["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == NAMESPACE
+        assert isinstance(line["_aws"]["Timestamp"], int)
+        for dimension_set in directive["Dimensions"]:
+            assert all(isinstance(line[name], str) for name in dimension_set)
+        for metric in directive["Metrics"]:  # every metric named is a number on the line
+            assert isinstance(line[_field(metric["Name"])], int | float), metric
+    names = {m["Name"] for m in miss["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert {"Latency", "PromptTokens", "CompletionTokens", "TokensPerSecond", "ModelLoadTime"} <= names
+    assert (miss["Cache"], hit["Cache"]) == ("MISS", "HIT-MEMORY")
+    assert "TokensPerSecond" not in {m["Name"] for m in hit["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert "_aws" not in health  # only answering routes make metrics
+
+
+def _field(metric: str) -> str:
+    from handler.metrics import EMF_METRICS
+
+    return next(field for field, name, _ in EMF_METRICS if name == metric)
+
+
+def test_a_cache_fault_shows_in_the_next_emf_record(settings: Settings, access_log: io.StringIO,
+                                                    tmp_path: Any) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    (line,) = emf_lines(settings.model_copy(update={"cache_dir": str(blocker / "cache")}), access_log, ["x"])[:1]
+    assert line["cache_faults"] >= 1
+    assert "CacheFaults" in {m["Name"] for m in line["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+
+
+def test_auto_picks_emf_inside_lambda_and_prometheus_elsewhere(settings: Settings,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    assert TestClient(create_app(settings)).get("/metrics").status_code == 200
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "chat")
+    assert TestClient(create_app(settings)).get("/metrics").status_code == 404
