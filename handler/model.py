@@ -127,10 +127,6 @@ def usable_cores() -> int:
 def load_llama(settings: Settings) -> Llama:
     """Load the GGUF with llama-cpp-python; imported here so that importing the service stays cheap."""
     check_gguf(settings.model_path)
-    # llama.cpp's OpenMP threads otherwise spin after each generation and slow whatever runs next on
-    # the same cores: memory hits measured 1.4 ms instead of 0.7 ms behind a resident model. Read by
-    # libgomp when llama_cpp is first imported; an operator's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from llama_cpp import Llama
 
     threads = settings.n_threads or usable_cores()
