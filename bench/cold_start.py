@@ -38,7 +38,6 @@ print(json.dumps({"import": t_import, "first": time.perf_counter() - t0, "x_cach
 RAW = r"""
 import time; t0 = time.perf_counter()
 import json, os, sys
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from llama_cpp import Llama
 from handler.config import load_settings
 from handler.model import usable_cores
@@ -57,14 +56,12 @@ def run(code: str, env: dict[str, str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+def measure(runs: int) -> dict[str, float]:
+    """Median seconds of each row over `runs` fresh processes."""
     rows: dict[str, list[float]] = {"import handler.lambda_handler": [], "import + first /chat, cold miss": [],
                                     "raw llama-cpp-python, import + load + answer": [],
                                     "import + first /chat, cold disk hit": []}
-    for _ in range(args.runs):
+    for _ in range(runs):
         with tempfile.TemporaryDirectory() as cache:
             miss = run(SERVICE, {"CHAT_CACHE_DIR": cache})
             assert miss["x_cache"] == "MISS"
@@ -74,10 +71,18 @@ def main() -> None:
         rows["import + first /chat, cold miss"].append(miss["first"])
         rows["import + first /chat, cold disk hit"].append(hit["first"])
         rows["raw llama-cpp-python, import + load + answer"].append(run(RAW, {})["first"])
+    return {name: statistics.median(values) for name, values in rows.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    results = measure(args.runs)
     print(f"median of {args.runs} fresh processes each, max_tokens 32, {os.cpu_count()} CPUs")
     print("| what | seconds |\n|---|---|")
-    for name, values in rows.items():
-        print(f"| {name} | {statistics.median(values):.3f} |")
+    for name, seconds in results.items():
+        print(f"| {name} | {seconds:.3f} |")
 
 
 if __name__ == "__main__":

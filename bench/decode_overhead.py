@@ -1,0 +1,96 @@
+"""Where decode speed goes between raw llama-cpp-python and the service, layer by layer.
+
+Each layer runs in a fresh process (OpenMP and model state start clean), on the same prompt:
+  raw            llama-cpp-python in the main thread
+  raw-thread     the same from a worker thread
+  holder         handler.model.ModelHolder.complete in the main thread
+  holder-thread  the same from a worker thread
+  service        /v1/completions through the Mangum handler (the whole app)
+
+On 16 CPU cores (an H100 machine, GPU hidden) raw, raw-thread, holder and holder-thread all ran at
+150 to 170 tok/s while the service ran near 55: the gap is above ModelHolder. On 2 cores there
+is none. Run this where you have many cores to find it.
+
+    .venv/bin/python bench/decode_overhead.py [--model PATH] [--threads N] [--tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LAYER = r"""
+import base64, json, os, statistics, sys, time
+from concurrent.futures import ThreadPoolExecutor
+sys.path.insert(0, os.environ["ROOT"])
+layer, model, tokens, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+prompt = "Once upon a time"
+if layer.startswith("raw"):
+    from llama_cpp import Llama
+    llama = Llama(model_path=model, n_gpu_layers=0, n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+                  seed=0, verbose=False)
+    def generate(i):
+        llama.reset()
+        out = llama.create_completion(f"{prompt} {i}", max_tokens=tokens, temperature=0.0, seed=0)
+        return out["usage"]["completion_tokens"]
+elif layer.startswith("holder"):
+    from handler.config import Settings
+    from handler.model import ModelHolder, SamplingParams
+    settings = Settings(model_path=model, n_gpu_layers=0, n_threads=threads, cache_dir=None, stop=[])
+    holder = ModelHolder(settings)
+    params = SamplingParams.from_settings(settings, tokens)
+    def generate(i):
+        return holder.complete(f"{prompt} {i}", params).completion_tokens
+else:
+    from mangum import Mangum
+    from handler.app import create_app
+    from handler.config import Settings
+    from tests.conftest import FakeLambdaContext, lambda_event
+    settings = Settings(model_path=model, n_gpu_layers=0, n_threads=threads, cache_dir=None, metrics="off",
+                        log_level="ERROR")
+    handler = Mangum(create_app(settings), lifespan="off")
+    def generate(i):
+        body = {"model": settings.served_model, "prompt": f"{prompt} {i}", "max_tokens": tokens}
+        response = handler(lambda_event("function-url", body, path="/v1/completions"), FakeLambdaContext())
+        raw = base64.b64decode(response["body"]) if response.get("isBase64Encoded") else response["body"]
+        return json.loads(raw)["usage"]["completion_tokens"]
+run = generate
+if layer.endswith("-thread"):
+    pool = ThreadPoolExecutor(1)
+    run = lambda i: pool.submit(generate, i).result()
+rates = []
+for i in range(5):  # the first warms up (and loads, for holder and service)
+    t = time.perf_counter()
+    n = run(i)
+    rates.append(n / (time.perf_counter() - t))
+print(json.dumps({"layer": layer, "tok_s": statistics.median(rates[1:])}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"))
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--tokens", type=int, default=64)
+    args = parser.parse_args()
+    print(f"model {Path(args.model).name}, {args.threads} threads, {args.tokens} tokens, medians of 4")
+    print("| layer | tok/s |\n|---|---|")
+    for layer in ("raw", "raw-thread", "holder", "holder-thread", "service"):
+        out = subprocess.run([sys.executable, "-c", LAYER, layer, args.model, str(args.tokens), str(args.threads)],
+                             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "ROOT": str(ROOT)},
+                             timeout=600)
+        if out.returncode != 0:
+            print(f"| {layer} | failed: {out.stderr.strip().splitlines()[-1:]} |")
+            continue
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| {layer} | {result['tok_s']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
