@@ -57,6 +57,11 @@ class Settings(BaseModel):
     n_ctx: int = Field(2048, ge=64, le=131072, description="Context window in tokens.")
     n_batch: int = Field(512, ge=1, description="Prompt tokens evaluated per batch.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads; all usable cores when unset.")
+    use_mmap: bool = Field(
+        True,
+        description="Map the model file instead of reading it into memory: faster to load, but a file "
+        "overwritten in place while loaded can crash the process; replace model files by rename, or set false.",
+    )
 
     # Prompt
     system_prompt: str = Field("Answer in rhymes!", description="Fills {system_prompt} in the template.")

@@ -138,6 +138,7 @@ def load_llama(settings: Settings) -> Llama:
             n_batch=settings.n_batch,
             n_threads=threads,
             n_threads_batch=threads,
+            use_mmap=settings.use_mmap,
             seed=settings.seed,
             verbose=False,
         )

@@ -53,3 +53,46 @@ def test_model_file_removed_after_load_keeps_answering(settings: Settings, tiny_
         assert before.status_code == after.status_code == 200
         assert before.json() == after.json()
         assert http.get("/health").json()["model"]["loaded"] is True
+
+
+def corrupt_in_place(model: Path) -> None:
+    """What `cp other.gguf model.gguf` does to a loaded file: same inode, truncated, rewritten."""
+    size = model.stat().st_size
+    with model.open("r+b") as f:
+        f.truncate(size // 3)
+        f.seek(0)
+        f.write(b"not a model any more" * 100)
+
+
+def test_a_model_file_overwritten_in_place_keeps_answering_without_mmap(settings: Settings, tiny_model: Path,
+                                                                          tmp_path: Path) -> None:
+    model = tmp_path / "model.gguf"
+    model.write_bytes(tiny_model.read_bytes())
+    app = create_app(settings.model_copy(update={"model_path": str(model), "use_mmap": False}))
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        before = http.post("/chat", json={"prompt": "one", "max_tokens": 8, "cache": "off"})
+        corrupt_in_place(model)  # with the file mapped, this could crash the process (SIGBUS)
+        after = http.post("/chat", json={"prompt": "one", "max_tokens": 8, "cache": "off"})
+        assert before.status_code == after.status_code == 200
+        assert before.json() == after.json()
+    restarted = create_app(settings.model_copy(update={"model_path": str(model)}))
+    with LiveServer(restarted) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        assert http.post("/chat", json={"prompt": "two", "max_tokens": 4}).status_code == 503  # a clear error
+        model.write_bytes(tiny_model.read_bytes())  # the fault is gone: the next request loads, no restart
+        assert http.post("/chat", json={"prompt": "two", "max_tokens": 4}).status_code == 200
+
+
+def test_a_mapped_model_replaced_by_rename_keeps_answering(settings: Settings, tiny_model: Path,
+                                                           tmp_path: Path) -> None:
+    """The safe way to change a mapped model's file: write the new file aside, then rename it over."""
+    model = tmp_path / "model.gguf"
+    model.write_bytes(tiny_model.read_bytes())
+    app = create_app(settings.model_copy(update={"model_path": str(model)}))  # use_mmap: true, the default
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        before = http.post("/chat", json={"prompt": "one", "max_tokens": 8, "cache": "off"})
+        replacement = tmp_path / "model.gguf.new"
+        replacement.write_bytes(b"garbage" * 1000)
+        replacement.replace(model)  # the loaded model keeps its own (old) inode
+        after = http.post("/chat", json={"prompt": "one", "max_tokens": 8, "cache": "off"})
+        assert before.status_code == after.status_code == 200
+        assert before.json() == after.json()

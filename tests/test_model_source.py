@@ -143,3 +143,16 @@ def test_bad_model_uri_is_a_config_error(tmp_path: Path, uri: str) -> None:
     config.write_text(f"model_path: '{uri}'\n")
     with pytest.raises(ConfigError, match="model_path.*s3://bucket/key"):
         load_settings(config, environ={})
+
+
+def test_s3_gone_while_running_changes_nothing_for_a_loaded_container(s3, s3_settings: Settings,
+                                                                      tiny_model: Path) -> None:
+    """After the one download, S3 is never called again: a container keeps answering without it."""
+    s3.upload_file(str(tiny_model), BUCKET, KEY)
+    app = create_app(s3_settings)
+    assert chat(app, "before")["status"] == 200
+    s3.delete_object(Bucket=BUCKET, Key=KEY)
+    s3.delete_bucket(Bucket=BUCKET)  # S3 unreachable for this model from now on
+    new_prompt = chat(app, "after")
+    assert (new_prompt["status"], new_prompt["x_cache"]) == (200, "MISS")
+    assert chat(app, "before")["x_cache"] == "HIT-MEMORY"
