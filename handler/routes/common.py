@@ -26,7 +26,7 @@ def log_answer(request: Request, source: str, completion: Completion, prompt: st
         "finish_reason": completion.finish_reason,
     }
     if completion.generation_seconds:
-        fields["generation_s"] = round(completion.generation_seconds, 4)
+        fields["generation_s"] = round(completion.generation_seconds, 6)
         fields["tokens_per_second"] = round(completion.tokens_per_second or 0.0, 2)
     if completion.load_seconds is not None:
         fields["model_load_s"] = round(completion.load_seconds, 4)
