@@ -126,8 +126,8 @@ class ChatService:
             return AnswerStream.of(cached)
         self.cache.misses += 1
         with self._streams_lock:
-            if self.flights.in_flight + self._streams >= self.settings.max_pending_generations:
-                raise Busy(self.flights.in_flight + self._streams)
+            if self.pending >= self.settings.max_pending_generations:
+                raise Busy(self.pending)
             self._streams += 1
         stream = AnswerStream(MISS)
 
