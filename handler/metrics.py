@@ -69,7 +69,11 @@ class EmfMetrics:
         extra: dict[str, Any] = {"cache_faults": self.faults.since_last(), "Route": fields["route"],
                                  "Cache": fields.get("cache", "ERROR"), "Status": str(fields.get("status"))}
         values = {**fields, **extra}
-        metrics = [{"Name": name, "Unit": unit} for field, name, unit in EMF_METRICS if values.get(field) is not None]
+        metrics = []
+        for field, name, unit in EMF_METRICS:
+            if values.get(field) is not None:
+                metrics.append({"Name": name, "Unit": unit})
+                extra[name] = values[field]  # EMF reads each metric's value from the key of its name
         extra["_aws"] = {
             "Timestamp": int(time.time() * 1000),
             "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [["Route", "Cache"], ["Route", "Status"]],

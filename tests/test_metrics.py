@@ -74,8 +74,9 @@ def test_as_a_function_each_answer_line_is_a_cloudwatch_emf_record(settings: Set
         assert isinstance(line["_aws"]["Timestamp"], int)
         for dimension_set in directive["Dimensions"]:
             assert all(isinstance(line[name], str) for name in dimension_set)
-        for metric in directive["Metrics"]:  # every metric named is a number on the line
-            assert isinstance(line[_field(metric["Name"])], int | float), metric
+        for metric in directive["Metrics"]:  # EMF: each metric's value is the top-level key of its name
+            assert isinstance(line[metric["Name"]], int | float), metric
+            assert line[metric["Name"]] == line[_field(metric["Name"])]
     names = {m["Name"] for m in miss["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
     assert {"Latency", "PromptTokens", "CompletionTokens", "TokensPerSecond", "ModelLoadTime"} <= names
     assert (miss["Cache"], hit["Cache"]) == ("MISS", "HIT-MEMORY")
