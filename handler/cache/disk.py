@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from handler.cache.entry import Entry, decode, encode
+from handler.cache.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +30,18 @@ class DiskTier:
         self._seed_directory = seed_directory
         self._size_limit = size_limit
         self._ttl = ttl
-        self._retry_seconds = retry_seconds
         self._cache: Any = None
-        self._failed_at: float | None = None
         self._lock = threading.Lock()
+        self.outage = Outage("disk cache", "memory and the model", retry_seconds, log, {"cache_dir": directory})
         self.hits = 0
-        self.faults = 0
 
     @property
     def degraded(self) -> bool:
-        return self._failed_at is not None
+        return self.outage.degraded
+
+    @property
+    def faults(self) -> int:
+        return self.outage.faults
 
     def _open(self) -> Any:
         if self._cache is not None:
@@ -46,7 +49,7 @@ class DiskTier:
         with self._lock:
             if self._cache is not None:
                 return self._cache
-            if self._failed_at is not None and time.monotonic() - self._failed_at < self._retry_seconds:
+            if self.outage.waiting():
                 return None
             try:
                 self._cache = self._connect()
@@ -63,9 +66,7 @@ class DiskTier:
             except Exception as exc:
                 self._fail("open", exc)
                 return None
-            if self._failed_at is not None:
-                log.warning("disk cache is back", extra={"cache_dir": self.directory})
-            self._failed_at = None
+            self.outage.recovered()
             return self._cache
 
     def _connect(self) -> Any:
@@ -88,11 +89,7 @@ class DiskTier:
                 os.replace(part, Path(str(aside) + suffix))
 
     def _fail(self, action: str, exc: BaseException) -> None:
-        self.faults += 1
-        if self._failed_at is None:
-            log.warning("disk cache %s failed; answering from memory and the model until it recovers", action,
-                        extra={"cache_dir": self.directory, "error": repr(exc), "retry_s": self._retry_seconds})
-        self._failed_at = time.monotonic()
+        self.outage.fault(action, exc)
         cache, self._cache = self._cache, None
         if cache is not None:
             try:

@@ -18,6 +18,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from handler.cache.entry import Entry, decode, encode
+from handler.cache.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +35,26 @@ class SharedTier:
         self._timeout = timeout
         self._max_attempts = max_attempts
         self._write_wait = write_wait
-        self._retry_seconds = retry_seconds
         self._client: Any = None
         self._lock = threading.Lock()
-        self._failed_at: float | None = None
         self._writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shared-cache-write")
+        self.outage = Outage("shared cache", "the local tiers and the model", retry_seconds, log, {"table": table})
         self.hits = 0
         self.writes = 0
-        self.faults = 0
         self.skipped_oversize = 0
 
     @property
     def degraded(self) -> bool:
-        return self._failed_at is not None
+        return self.outage.degraded
+
+    @property
+    def faults(self) -> int:
+        return self.outage.faults
 
     def _connect(self) -> Any:
         """boto3 is imported here, on first use: a service without the tier never imports it."""
         with self._lock:
-            if self._failed_at is not None and time.monotonic() - self._failed_at < self._retry_seconds:
+            if self.outage.waiting():
                 return None
             if self._client is None:
                 import boto3
@@ -63,18 +66,6 @@ class SharedTier:
                 ))
             return self._client
 
-    def _fail(self, action: str, exc: BaseException) -> None:
-        self.faults += 1
-        if self._failed_at is None:
-            log.warning("shared cache %s failed; answering from the local tiers and the model until it recovers",
-                        action, extra={"table": self.table, "error": repr(exc), "retry_s": self._retry_seconds})
-        self._failed_at = time.monotonic()
-
-    def _recovered(self) -> None:
-        if self._failed_at is not None:
-            self._failed_at = None
-            log.warning("shared cache is back", extra={"table": self.table})
-
     def get(self, key: str) -> Entry | None:
         """Blocking: one GetItem, bounded by the timeout and the retry config."""
         client = self._connect()
@@ -83,9 +74,9 @@ class SharedTier:
         try:
             item = client.get_item(TableName=self.table, Key={KEY: {"S": key}}).get("Item")
         except Exception as exc:
-            self._fail("read", exc)
+            self.outage.fault("read", exc)
             return None
-        self._recovered()
+        self.outage.recovered()
         if not item:
             return None
         raw = item.get(ENTRY, {}).get("B")
@@ -124,9 +115,9 @@ class SharedTier:
                 KEY: {"S": key}, ENTRY: {"B": raw}, EXPIRES: {"N": str(expires)},
             })
         except Exception as exc:
-            self._fail("write", exc)
+            self.outage.fault("write", exc)
             return
-        self._recovered()
+        self.outage.recovered()
         self.writes += 1
 
     def stats(self) -> dict[str, Any]:
