@@ -50,7 +50,7 @@ class CacheFaults:
 
     def total(self) -> int:
         cache = self.service.cache
-        return (cache.disk.faults if cache.disk else 0) + (cache.shared.faults if cache.shared else 0)
+        return (cache.disk.outage.faults if cache.disk else 0) + (cache.shared.outage.faults if cache.shared else 0)
 
     def since_last(self) -> int:
         total = self.total()
@@ -113,8 +113,8 @@ class PrometheusMetrics:
                                           value=cache.misses)
                 faults = CounterMetricFamily("chat_cache_faults", "Cache tier faults (degraded to the others)",
                                              labels=["tier"])
-                faults.add_metric(["disk"], cache.disk.faults if cache.disk else 0)
-                faults.add_metric(["shared"], cache.shared.faults if cache.shared else 0)
+                faults.add_metric(["disk"], cache.disk.outage.faults if cache.disk else 0)
+                faults.add_metric(["shared"], cache.shared.outage.faults if cache.shared else 0)
                 yield faults
                 yield GaugeMetricFamily("chat_model_loaded", "1 once the model is loaded", value=int(model.loaded))
                 yield GaugeMetricFamily("chat_model_load_seconds", "How long the model took to load",

@@ -32,12 +32,12 @@ def test_full_disk_degrades_to_memory_and_recovers(settings: Settings) -> None:
         disk._cache = FullDisk()
         first = http.post("/chat", json={"prompt": "during the fault", "max_tokens": 6})
         assert first.status_code == 200 and first.headers["x-cache"] == "MISS"
-        assert disk.degraded and disk.faults == 1
+        assert disk.outage.degraded and disk.outage.faults == 1
         again = http.post("/chat", json={"prompt": "during the fault", "max_tokens": 6})
         assert again.headers["x-cache"] == "HIT-MEMORY" and again.json() == first.json()
         # The disk has room again: the next store reopens the real cache (retry after 0 s) and works.
         stored = http.post("/chat", json={"prompt": "after the fault", "max_tokens": 6})
-        assert stored.status_code == 200 and not disk.degraded
+        assert stored.status_code == 200 and not disk.outage.degraded
     with LiveServer(create_app(settings)) as fresh, httpx.Client(base_url=fresh.url, timeout=30) as http:
         assert http.post("/chat", json={"prompt": "after the fault", "max_tokens": 6}).headers["x-cache"] == "HIT-DISK"
 

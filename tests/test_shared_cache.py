@@ -138,7 +138,7 @@ def test_a_missing_table_degrades_to_the_local_tiers(aws_credentials: None, sett
             source, status, body = container.chat("no table")
         assert (source, status, body) == ("MISS", 200, reference.chat("no table")[2])
         assert container.chat("no table")[0] == "HIT-MEMORY"
-        assert container.shared.degraded and container.shared.faults >= 1
+        assert container.shared.outage.degraded and container.shared.outage.faults >= 1
         assert any("shared cache" in r.getMessage() for r in caplog.records)
 
 
@@ -152,9 +152,9 @@ def test_a_throttled_table_degrades_then_recovers(dynamodb: Any, settings: Setti
                                       http_status_code=400)
         source, status, _ = container.chat("throttled")
     assert (source, status) == ("MISS", 200)
-    assert container.shared.degraded
+    assert container.shared.outage.degraded
     container.chat("after the throttling")  # the table is tried again (retry_seconds is 0 here) and works
-    assert not container.shared.degraded
+    assert not container.shared.outage.degraded
     assert Container(settings, tmp_path, "b", loader=never_loads).chat("after the throttling")[0] == "HIT-SHARED"
 
 
@@ -176,6 +176,6 @@ def test_a_table_that_hangs_costs_a_bounded_wait_and_the_answer_is_right(
                           cache_table_retry_seconds=60)
     reference = Container(settings.model_copy(update={"cache_table": None}), tmp_path, "ref")
     assert container.chat("hang") == ("MISS", 200, reference.chat("hang")[2])
-    assert container.shared.degraded
+    assert container.shared.outage.degraded
     assert container.chat("hang again")[1] == 200  # the table is left alone meanwhile
-    assert container.shared.faults == 1
+    assert container.shared.outage.faults == 1

@@ -35,14 +35,6 @@ class DiskTier:
         self.outage = Outage("disk cache", "memory and the model", retry_seconds, log, {"cache_dir": directory})
         self.hits = 0
 
-    @property
-    def degraded(self) -> bool:
-        return self.outage.degraded
-
-    @property
-    def faults(self) -> int:
-        return self.outage.faults
-
     def _open(self) -> Any:
         if self._cache is not None:
             return self._cache
@@ -141,8 +133,8 @@ class DiskTier:
                 entries, size = len(cache), cache.volume()
             except Exception as exc:
                 self._fail("stat", exc)
-        return {"enabled": True, "degraded": self.degraded, "entries": entries, "bytes": size,
-                "hits": self.hits, "faults": self.faults}
+        return {"enabled": True, "degraded": self.outage.degraded, "entries": entries, "bytes": size,
+                "hits": self.hits, "faults": self.outage.faults}
 
 
 def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:

@@ -43,14 +43,6 @@ class SharedTier:
         self.writes = 0
         self.skipped_oversize = 0
 
-    @property
-    def degraded(self) -> bool:
-        return self.outage.degraded
-
-    @property
-    def faults(self) -> int:
-        return self.outage.faults
-
     def _connect(self) -> Any:
         """boto3 is imported here, on first use: a service without the tier never imports it."""
         with self._lock:
@@ -121,5 +113,5 @@ class SharedTier:
         self.writes += 1
 
     def stats(self) -> dict[str, Any]:
-        return {"enabled": True, "table": self.table, "degraded": self.degraded, "hits": self.hits,
-                "writes": self.writes, "faults": self.faults, "skipped_oversize": self.skipped_oversize}
+        return {"enabled": True, "table": self.table, "degraded": self.outage.degraded, "hits": self.hits,
+                "writes": self.writes, "faults": self.outage.faults, "skipped_oversize": self.skipped_oversize}
