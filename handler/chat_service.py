@@ -85,13 +85,16 @@ class ChatService:
         return cache_key("chat", identity, prompt.key_material(), params, self.settings.n_ctx)
 
     async def _cached(self, key: str, policy: CachePolicy) -> Answer | None:
-        if not policy.read:
-            return None
-        hit = self.cache.get_memory(key)
-        if hit is not None:
-            return Answer(hit, HIT_MEMORY)
-        slow = await run_in_threadpool(self.cache.get_slow, key)
-        return Answer(*slow) if slow is not None else None
+        """The cached answer, or None, counted as a miss."""
+        if policy.read:
+            hit = self.cache.get_memory(key)
+            if hit is not None:
+                return Answer(hit, HIT_MEMORY)
+            slow = await run_in_threadpool(self.cache.get_slow, key)
+            if slow is not None:
+                return Answer(*slow)
+        self.cache.misses += 1
+        return None
 
     def _store(self, key: str, completion: Completion, policy: CachePolicy) -> None:
         """Only a whole answer is the answer: one cut short by the deadline or a departed client is not kept."""
@@ -105,7 +108,6 @@ class ChatService:
         cached = await self._cached(key, policy)
         if cached is not None:
             return cached
-        self.cache.misses += 1
 
         def generate() -> Completion:
             completion = self.model.complete(prompt, params, deadline)
@@ -124,7 +126,6 @@ class ChatService:
         cached = await self._cached(key, policy)
         if cached is not None:
             return AnswerStream.of(cached)
-        self.cache.misses += 1
         with self._streams_lock:
             if self.pending >= self.settings.max_pending_generations:
                 raise Busy(self.pending)

@@ -30,8 +30,8 @@ class SharedTier:
     def __init__(self, table: str, ttl: float, timeout: float, max_attempts: int, write_wait: float,
                  retry_seconds: float, local_ttl: float | None = None) -> None:
         self.table = table
-        self._ttl = ttl  # how long the table keeps an item (its TTL attribute)
         self._local_ttl = local_ttl  # cache_ttl_seconds: an older entry is never served, wherever it is
+        self._ttl = min(ttl, local_ttl) if local_ttl else ttl  # how long the table keeps an item (its TTL attribute)
         self._timeout = timeout
         self._max_attempts = max_attempts
         self._write_wait = write_wait

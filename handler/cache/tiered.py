@@ -27,11 +27,9 @@ class ResponseCache:
             else None
         )
         self.shared = (
-            SharedTier(settings.cache_table, min(settings.cache_table_ttl_seconds,
-                                                 settings.cache_ttl_seconds or settings.cache_table_ttl_seconds),
-                       settings.cache_table_timeout_seconds, settings.cache_table_max_attempts,
-                       settings.cache_table_write_wait_seconds, settings.cache_table_retry_seconds,
-                       settings.cache_ttl_seconds)
+            SharedTier(settings.cache_table, settings.cache_table_ttl_seconds, settings.cache_table_timeout_seconds,
+                       settings.cache_table_max_attempts, settings.cache_table_write_wait_seconds,
+                       settings.cache_table_retry_seconds, settings.cache_ttl_seconds)
             if settings.cache_table
             else None
         )
