@@ -1,9 +1,14 @@
-"""The one object that owns the loaded model: lazy load, one generation at a time.
+"""The one object that owns the loaded model: lazy load, one generation at a time, on one thread.
 
-llama.cpp contexts are not thread-safe, so a single lock covers both the load and every
-generation. Requests that arrive together before the model is loaded queue on that lock:
-the first loads the model, the rest find it loaded. A failed load leaves nothing behind,
-so the next request tries again instead of the container staying broken.
+llama.cpp contexts are not thread-safe, and its CPU backend (OpenMP) keeps a pool of
+n_threads - 1 workers for every thread that calls it. A second pool makes the process hold more
+OpenMP threads than cores, and libgomp then stops spinning at the barriers between operations:
+every token pays hundreds of sleeps and wake-ups (measured: 0.6 voluntary context switches per
+token with one calling thread, 180 once four threads had generated). So the load and every
+generation run on a single thread of the holder's own, which also serializes them: requests that
+arrive together before the model is loaded queue there, the first loads it, the rest find it
+loaded. A failed load leaves nothing behind, so the next request tries again instead of the
+container staying broken.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,13 +153,14 @@ def load_llama(settings: Settings) -> Llama:
 
 
 class ModelHolder:
-    """Owns the model of one container; every method is blocking and meant for a worker thread."""
+    """Owns the model of one container; `complete` blocks its caller (a worker thread) while the
+    holder's own thread does the work."""
 
     def __init__(self, settings: Settings, loader: Loader = load_llama, source: ModelSource | None = None) -> None:
         self.settings = settings
         self.source = source or model_source(settings)
         self._loader = loader
-        self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._llama: Any = None
         self._template: ChatTemplate | bool | None = None  # False: the model has none
         self.load_seconds: float | None = None
@@ -164,7 +171,7 @@ class ModelHolder:
         return self._llama is not None
 
     def _ensure_loaded(self) -> Any:
-        """Load under the caller's lock; on failure nothing is kept, so a later call retries."""
+        """On failure nothing is kept, so a later call retries."""
         if self._llama is None:
             started = time.perf_counter()
             try:
@@ -188,28 +195,31 @@ class ModelHolder:
         Raises ModelUnavailable, ContextOverflow, BadRequest (messages the chat template refuses) or
         GenerationFailed.
         """
+        return self._thread.submit(self._complete, prompt, params, deadline, cancelled, on_text).result()
+
+    def _complete(self, prompt: Prompt, params: SamplingParams, deadline: float | None,
+                  cancelled: threading.Event | None, on_text: Callable[[str], None] | None) -> Completion:
         signal = StopSignal(deadline, cancelled)
-        with self._lock:
-            loaded_before = self._llama is not None
-            llama = self._ensure_loaded()
-            load_seconds = None if loaded_before else self.load_seconds
-            tokens, stop = self._prepare(llama, prompt, params)
-            if len(tokens) + params.max_tokens > self.settings.n_ctx:
-                raise ContextOverflow(len(tokens), params.max_tokens, self.settings.n_ctx)
-            if cancelled is not None and cancelled.is_set():  # gone while waiting for the model
-                return Completion("", CANCELLED, len(tokens), 0)
-            if on_text is not None:
-                signal.stream = TextStream(llama, len(tokens), stop, on_text)
-            started = time.perf_counter()
-            try:
-                # SamplingParams' fields are create_completion's own keyword names: nothing to map, nothing to drift.
-                out = llama.create_completion(
-                    **{**asdict(params), "prompt": tokens, "stop": stop, "stopping_criteria": signal}
-                )
-            except Exception as exc:
-                raise GenerationFailed(f"llama.cpp generation failed: {exc!r}") from exc
-            self.generations += 1
-            generation_seconds = time.perf_counter() - started
+        loaded_before = self._llama is not None
+        llama = self._ensure_loaded()
+        load_seconds = None if loaded_before else self.load_seconds
+        tokens, stop = self._prepare(llama, prompt, params)
+        if len(tokens) + params.max_tokens > self.settings.n_ctx:
+            raise ContextOverflow(len(tokens), params.max_tokens, self.settings.n_ctx)
+        if cancelled is not None and cancelled.is_set():  # gone while waiting for the model
+            return Completion("", CANCELLED, len(tokens), 0)
+        if on_text is not None:
+            signal.stream = TextStream(llama, len(tokens), stop, on_text)
+        started = time.perf_counter()
+        try:
+            # SamplingParams' fields are create_completion's own keyword names: nothing to map, nothing to drift.
+            out = llama.create_completion(
+                **{**asdict(params), "prompt": tokens, "stop": stop, "stopping_criteria": signal}
+            )
+        except Exception as exc:
+            raise GenerationFailed(f"llama.cpp generation failed: {exc!r}") from exc
+        self.generations += 1
+        generation_seconds = time.perf_counter() - started
         choice, usage = out["choices"][0], out.get("usage") or {}
         if signal.stream is not None:
             signal.stream.finish(choice["text"])

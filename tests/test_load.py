@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 
@@ -108,3 +110,49 @@ def test_a_full_queue_refuses_new_work_with_429_but_lets_identical_requests_join
     assert results["first"].status_code == results["twin"].status_code == 200
     assert results["first"].json() == results["twin"].json()
     assert app.state.model.generations == 1
+
+
+class ThreadNotingLlama(WrappedLlama):
+    """The real model, noting which threads call it."""
+
+    def __init__(self, real: Any, threads: set[int]) -> None:
+        super().__init__(real)
+        self.threads = threads
+
+    def tokenize(self, *args: Any, **kwargs: Any) -> Any:
+        self.threads.add(threading.get_ident())
+        return super().tokenize(*args, **kwargs)
+
+    def create_completion(self, **kwargs: Any) -> Any:
+        self.threads.add(threading.get_ident())
+        return super().create_completion(**kwargs)
+
+
+def test_every_load_and_generation_runs_on_one_thread(settings: Settings) -> None:
+    """llama.cpp's OpenMP keeps a worker pool per calling thread, and a second pool makes every token sleep
+    at its barriers (handler/model.py): concurrent requests on every route, streams too, use one thread."""
+    threads: set[int] = set()
+
+    def loader(s: Settings) -> ThreadNotingLlama:
+        threads.add(threading.get_ident())
+        return ThreadNotingLlama(load_llama(s), threads)
+
+    app = create_app(settings, model=ModelHolder(settings, loader=loader))
+    model = settings.served_model
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        def ask(i: int) -> int:
+            if i % 3 == 0:
+                return http.post("/chat", json={"prompt": f"question {i}", "max_tokens": 8}).status_code
+            if i % 3 == 1:
+                body = {"model": model, "prompt": f"question {i}", "max_tokens": 8, "stream": True}
+                with http.stream("POST", "/v1/completions", json=body) as r:
+                    assert "data: [DONE]" in r.read().decode()
+                    return r.status_code
+            body = {"model": model, "messages": [{"role": "user", "content": f"question {i}"}], "max_tokens": 8}
+            return http.post("/v1/chat/completions", json=body).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(ask, range(24)))
+    assert statuses == [200] * 24
+    assert app.state.model.generations == 24
+    assert len(threads) == 1
