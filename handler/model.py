@@ -88,25 +88,33 @@ Prompt = str | ChatPrompt  # a raw prompt, or chat messages to format once the m
 
 TIME_LIMIT = "time_limit"  # finish reasons of ours, besides llama.cpp's stop and length
 CANCELLED = "cancelled"
+LENGTH = "length"
 
 
 class StopSignal:
-    """A llama-cpp-python stopping criterion, checked after every token: stop once past the deadline
-    or once the caller has gone. It is also where a streamed answer sees each new token."""
+    """A llama-cpp-python stopping criterion, checked after every token: stop once past the deadline,
+    once the caller has gone, or at `max_tokens`, which llama-cpp-python itself does not check while
+    the text ends inside a UTF-8 character: a model emitting broken bytes ran past it up to the end
+    of the context, where llama.cpp failed. It is also where a streamed answer sees each new token."""
 
-    def __init__(self, deadline: float | None, cancelled: threading.Event | None = None) -> None:
+    def __init__(self, deadline: float | None, cancelled: threading.Event | None, prompt_tokens: int,
+                 max_tokens: int) -> None:
         self.deadline = deadline
         self.cancelled = cancelled
+        self.token_limit = prompt_tokens + max_tokens
         self.reason: str | None = None
         self.stream: TextStream | None = None
 
     def __call__(self, input_ids: Any, logits: Any) -> bool:
+        """`input_ids`: the prompt and the tokens generated so far (the newest is not among them yet)."""
         if self.stream is not None:
             self.stream.feed(input_ids)
         if self.cancelled is not None and self.cancelled.is_set():
             self.reason = CANCELLED
         elif self.deadline is not None and time.monotonic() >= self.deadline:
             self.reason = TIME_LIMIT
+        elif len(input_ids) >= self.token_limit:
+            self.reason = LENGTH
         return self.reason is not None
 
 
@@ -199,7 +207,6 @@ class ModelHolder:
 
     def _complete(self, prompt: Prompt, params: SamplingParams, deadline: float | None,
                   cancelled: threading.Event | None, on_text: Callable[[str], None] | None) -> Completion:
-        signal = StopSignal(deadline, cancelled)
         loaded_before = self._llama is not None
         llama = self._ensure_loaded()
         load_seconds = None if loaded_before else self.load_seconds
@@ -208,6 +215,7 @@ class ModelHolder:
             raise ContextOverflow(len(tokens), params.max_tokens, self.settings.n_ctx)
         if cancelled is not None and cancelled.is_set():  # gone while waiting for the model
             return Completion("", CANCELLED, len(tokens), 0)
+        signal = StopSignal(deadline, cancelled, len(tokens), params.max_tokens)
         if on_text is not None:
             signal.stream = TextStream(llama, len(tokens), stop, on_text)
         started = time.perf_counter()

@@ -6,10 +6,11 @@ import httpx
 
 from handler.config import Settings
 from handler.prompt import compose
+from tests.conftest import same_generation
 
 
-def raw_answer(settings: Settings, prompt: str, max_tokens: int) -> str:
-    """The same generation straight from llama-cpp-python, as a reference."""
+def raw_answer(settings: Settings, prompt: str, max_tokens: int) -> tuple[str, int]:
+    """The same generation straight from llama-cpp-python, as a reference: its text, its token count."""
     from llama_cpp import Llama
 
     llama = Llama(model_path=settings.model_path, n_ctx=settings.n_ctx, n_gpu_layers=0, seed=0, verbose=False)
@@ -18,7 +19,7 @@ def raw_answer(settings: Settings, prompt: str, max_tokens: int) -> str:
         top_p=settings.top_p, top_k=settings.top_k, min_p=settings.min_p, repeat_penalty=settings.repeat_penalty,
         seed=settings.seed,
     )
-    return out["choices"][0]["text"].strip()
+    return out["choices"][0]["text"].strip(), out["usage"]["completion_tokens"]
 
 
 def test_prompt_follows_the_design() -> None:
@@ -29,13 +30,15 @@ def test_prompt_follows_the_design() -> None:
 def test_chat_over_http_equals_raw_llama_cpp(http: httpx.Client, settings: Settings) -> None:
     response = http.post("/chat", json={"prompt": "What is the capital of France?", "max_tokens": 12})
     assert response.status_code == 200, response.text
-    assert response.json() == {"text": raw_answer(settings, "What is the capital of France?", 12)}
+    assert list(response.json()) == ["text"]
+    assert same_generation(response.json()["text"], *raw_answer(settings, "What is the capital of France?", 12), 12)
     assert response.headers["x-request-id"]
 
 
 def test_max_tokens_defaults_from_config(http: httpx.Client, settings: Settings) -> None:
     response = http.post("/chat", json={"prompt": "Hello"})
-    assert response.json()["text"] == raw_answer(settings, "Hello", settings.max_tokens_default)
+    n = settings.max_tokens_default
+    assert same_generation(response.json()["text"], *raw_answer(settings, "Hello", n), n)
 
 
 def test_model_loads_once_and_is_reused(http: httpx.Client) -> None:
