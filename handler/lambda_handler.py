@@ -5,9 +5,13 @@ llama_cpp nor reads the model, so a cold start pays for the model only when a re
 needs it.
 """
 
-from mangum import Mangum
+from handler.deferred_openapi import import_fastapi
 
-from handler.app import create_app
+import_fastapi()  # first: FastAPI's OpenAPI models wait for /openapi.json
+
+from mangum import Mangum  # noqa: E402
+
+from handler.app import create_app  # noqa: E402
 
 app = create_app()
 handler = Mangum(app, lifespan="off")

@@ -27,6 +27,8 @@ sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "op
 import handler.lambda_handler as entry
 from tests.conftest import FakeLambdaContext, lambda_event, lambda_body
 after_import = "llama_cpp" in sys.modules
+from fastapi.openapi.models import OpenAPI
+openapi_built_at_import = OpenAPI.__pydantic_complete__
 health = entry.handler(lambda_event("apigw-http-v2", "", path="/health", method="GET"), FakeLambdaContext())
 after_health = "llama_cpp" in sys.modules
 opens_before_chat = list(opened)
@@ -34,6 +36,8 @@ chat = entry.handler(lambda_event("apigw-http-v2", {"prompt": "hi", "max_tokens"
 print(json.dumps({
     "after_import": after_import, "after_health": after_health, "opens_before_chat": opens_before_chat, "opens_after_chat": len(opened), "health": lambda_body(health), "chat_status": chat["statusCode"],
     "after_chat": "llama_cpp" in sys.modules, "boto3": "boto3" in sys.modules,
+    "openapi_built_at_import": openapi_built_at_import,
+    "openapi": lambda_body(entry.handler(lambda_event("apigw-http-v2", "", path="/openapi.json", method="GET"), FakeLambdaContext())),
 }))
 """
 
@@ -60,6 +64,15 @@ def test_import_app_creation_and_health_neither_import_llama_cpp_nor_open_the_mo
     assert result["after_chat"] is True
     assert result["boto3"] is False  # a local model never imports boto3
     assert result["opens_after_chat"] >= 1  # the audit hook does see the model being opened
+
+
+def test_fastapis_openapi_models_wait_for_openapi_json_and_give_the_same_schema(
+    settings: Settings, tmp_path: Path
+) -> None:
+    result = run_cold(settings, tmp_path)
+    assert result["openapi_built_at_import"] is False  # deferred: not paid by a cold start
+    assert "/chat" in result["openapi"]["paths"]
+    assert result["openapi"] == json.loads(json.dumps(create_app(settings).openapi()))
 
 
 def test_concurrent_first_requests_load_the_model_exactly_once(settings: Settings) -> None:
