@@ -6,7 +6,7 @@
 Rows: raw llama-cpp-python in process; the service's /chat through the Mangum handler and over
 HTTP through uvicorn, each as a miss, a memory hit and a disk hit; the peer server, first and
 repeated prompt (it has no cache). Each system runs in a process of its own, so its peak RSS is
-its own. Then N identical concurrent requests to each server, cold start and the entry point's
+its own, and each runs once per round (--rounds, 3), the samples pooled. Then N identical concurrent requests to each server, cold start and the entry point's
 import time (bench/cold_start.py). Prints tables, writes results.json and compare.png to --out.
 
 Tokens per second count the tokens each answer has (at temperature 0 every system gives the
@@ -208,10 +208,11 @@ def peer_server(prompts: list[str], max_tokens: int, n_concurrent: int) -> dict[
             "concurrent": {"wall_s": wall, "generations": n_concurrent}}
 
 
-def summarize(system: str, path: str, answer: str, seconds: list[float], tokens: list[int],
-              rss: float, raw_tps: float | None) -> dict[str, Any]:
-    per_request = [tokens[i % len(tokens)] for i in range(len(seconds))]
-    tps = sum(per_request) / sum(seconds)
+def summarize(system: str, path: str, answer: str, samples: list[tuple[float, int]], rss: float,
+              raw_tps: float | None) -> dict[str, Any]:
+    """One row from (seconds, tokens) samples, pooled over the rounds."""
+    seconds = [t for t, _ in samples]
+    tps = sum(n for _, n in samples) / sum(seconds)
     ordered = sorted(seconds)
     return {"system": system, "path": path, "answer": answer, "n": len(seconds),
             "rps": len(seconds) / sum(seconds), "p50_ms": statistics.median(seconds) * 1000,
@@ -252,6 +253,7 @@ def main() -> None:
     parser.add_argument("--hits", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--concurrent", type=int, default=8, help="identical requests sent at once")
+    parser.add_argument("--rounds", type=int, default=3, help="every system once per round; samples pooled")
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
@@ -263,25 +265,41 @@ def main() -> None:
     print(f"model {Path(settings.model_path).name}, max_tokens {args.max_tokens}, {len(prompts)} prompts, "
           f"{len(os.sched_getaffinity(0))} CPUs, n_gpu_layers {settings.n_gpu_layers}", flush=True)
 
-    raw = child(RAW, json.dumps(prompts), args.max_tokens)
-    tokens = raw["tokens"]
-    raw_row = summarize("raw llama-cpp-python", "in process", "generate", raw["generate"], tokens,
-                        raw["peak_rss_mb"], None)
-    raw_tps = raw_row["tok_s"]
-    rows = [raw_row]
-    with tempfile.TemporaryDirectory() as cache_dir:
-        mangum = child(MANGUM, json.dumps(prompts), args.max_tokens, args.hits, cache_dir)
-    for answer in ("miss", "memory hit", "disk hit"):
-        rows.append(summarize("service /chat", "Mangum", answer, mangum[answer], tokens, mangum["peak_rss_mb"],
-                              raw_tps))
-    http = uvicorn_service(prompts, args.max_tokens, args.hits, args.concurrent)
-    for answer in ("miss", "memory hit", "disk hit"):
-        rows.append(summarize("service /chat", "uvicorn HTTP", answer, http[answer], tokens, http["peak_rss_mb"],
-                              raw_tps))
-    peer = peer_server(prompts, args.max_tokens, args.concurrent)
-    rows.append(summarize("llama_cpp.server", "HTTP", "first", peer["first"], tokens, peer["peak_rss_mb"], raw_tps))
-    rows.append(summarize("llama_cpp.server", "HTTP", "repeated", peer["repeated"], tokens, peer["peak_rss_mb"],
-                          raw_tps))
+    # Every system once per round, rounds in turn, samples pooled: a slow spell of a shared host
+    # falls on all of them rather than on whichever happened to run then.
+    samples: dict[tuple[str, str, str], list[tuple[float, int]]] = {}
+    rss: dict[tuple[str, str, str], float] = {}
+    walls: dict[str, list[float]] = {"service": [], "peer": []}
+    generations: dict[str, list[int]] = {"service": [], "peer": []}
+
+    def add(row: tuple[str, str, str], seconds: list[float], peak_rss_mb: float) -> None:
+        # request i asked prompts[i % len(prompts)], whose answer has tokens[...] tokens
+        samples.setdefault(row, []).extend((t, tokens[i % len(tokens)]) for i, t in enumerate(seconds))
+        rss[row] = max(rss.get(row, 0.0), peak_rss_mb)
+
+    for round_ in range(1, args.rounds + 1):
+        print(f"round {round_} of {args.rounds}", flush=True)
+        raw = child(RAW, json.dumps(prompts), args.max_tokens)
+        tokens = raw["tokens"]
+        add(("raw llama-cpp-python", "in process", "generate"), raw["generate"], raw["peak_rss_mb"])
+        with tempfile.TemporaryDirectory() as cache_dir:
+            mangum = child(MANGUM, json.dumps(prompts), args.max_tokens, args.hits, cache_dir)
+        http = uvicorn_service(prompts, args.max_tokens, args.hits, args.concurrent)
+        for path, result in (("Mangum", mangum), ("uvicorn HTTP", http)):
+            for answer in ("miss", "memory hit", "disk hit"):
+                add(("service /chat", path, answer), result[answer], result["peak_rss_mb"])
+        peer = peer_server(prompts, args.max_tokens, args.concurrent)
+        for answer in ("first", "repeated"):
+            add(("llama_cpp.server", "HTTP", answer), peer[answer], peer["peak_rss_mb"])
+        for name, result in (("service", http), ("peer", peer)):
+            walls[name].append(result["concurrent"]["wall_s"])
+            generations[name].append(result["concurrent"]["generations"])
+
+    raw_key = ("raw llama-cpp-python", "in process", "generate")
+    raw_tps = summarize(*raw_key, samples[raw_key], rss[raw_key], None)["tok_s"]
+    rows = [summarize(*key, pooled, rss[key], None if key == raw_key else raw_tps) for key, pooled in samples.items()]
+    concurrency = {name: {"wall_s": statistics.median(walls[name]), "generations": max(generations[name])}
+                   for name in walls}
     cold = cold_start.measure(args.cold_runs)
 
     print("\n| system | path | answer | n | req/s | p50 ms | p95 ms | tok/s | vs raw | peak RSS MB |")
@@ -291,16 +309,15 @@ def main() -> None:
               f"{r['p95_ms']:,.2f} | {r['tok_s']:,.1f} | {r['vs_raw']:,.3f} | {r['peak_rss_mb']:,.0f} |")
     print(f"\n{args.concurrent} identical requests at once:")
     print("| server | generations | wall s |\n|---|---|---|")
-    print(f"| service (uvicorn) | {http['concurrent']['generations']} | {http['concurrent']['wall_s']:.2f} |")
-    print(f"| llama_cpp.server | {peer['concurrent']['generations']} (no cache) | {peer['concurrent']['wall_s']:.2f} |")
+    print(f"| service (uvicorn) | {concurrency['service']['generations']} | {concurrency['service']['wall_s']:.2f} |")
+    print(f"| llama_cpp.server | {concurrency['peer']['generations']} (no cache) | {concurrency['peer']['wall_s']:.2f} |")
     print(f"\ncold start, median of {args.cold_runs} fresh processes:")
     print("| what | seconds |\n|---|---|")
     for name, seconds in cold.items():
         print(f"| {name} | {seconds:.3f} |")
 
-    results = {"model": Path(settings.model_path).name, "max_tokens": args.max_tokens,
-               "cpus": len(os.sched_getaffinity(0)), "rows": rows,
-               "concurrent": {"n": args.concurrent, "service": http["concurrent"], "peer": peer["concurrent"]},
+    results = {"model": Path(settings.model_path).name, "max_tokens": args.max_tokens, "rounds": args.rounds,
+               "cpus": len(os.sched_getaffinity(0)), "rows": rows, "concurrent": {"n": args.concurrent, **concurrency},
                "cold_start_s": cold}
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     plot(rows, args.out / "compare.png")
