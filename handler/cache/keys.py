@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from typing import Any
 
 from handler.cache.entry import SCHEMA_VERSION
@@ -22,7 +21,7 @@ def cache_key(kind: str, model: str, prompt: str, params: SamplingParams, n_ctx:
         "model": model,
         "n_ctx": n_ctx,
         "prompt": prompt,
-        "params": asdict(params),
+        "params": vars(params),  # its fields are flat and immutable: no deep copy (asdict) needed
     }
     canonical = json.dumps(material, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
