@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
-import uvicorn
+from handler.deferred_openapi import import_fastapi
 
-from handler.app import create_app
-from handler.config import ConfigError
+import_fastapi()  # first: a container platform's cold start pays for the server's import too
+
+import uvicorn  # noqa: E402
+
+from handler.app import create_app  # noqa: E402
+from handler.config import ConfigError  # noqa: E402
 
 
 def main() -> int:
