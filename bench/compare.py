@@ -38,16 +38,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import cold_start  # noqa: E402
+from child_snippets import PEAK_RSS  # noqa: E402
 
 from handler.config import load_settings  # noqa: E402
 from handler.prompt import compose  # noqa: E402
-
-PEAK_RSS = r"""
-def peak_rss_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-"""
 
 RAW_SETUP = r"""
 import json, sys, time

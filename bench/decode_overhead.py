@@ -27,21 +27,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from child_snippets import VOLUNTARY_SWITCHES
+
 ROOT = Path(__file__).resolve().parent.parent
 
-LAYER = r"""
+LAYER = VOLUNTARY_SWITCHES + r"""
 import base64, json, os, statistics, sys, time
 from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.environ["ROOT"])
 layer, model, tokens, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 prompt = "Once upon a time"
-
-def switches():
-    total = 0
-    for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/status") as status:
-            total += sum(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches"))
-    return total
 if layer.startswith("raw"):
     from llama_cpp import Llama
     llama = Llama(model_path=model, n_gpu_layers=0, n_ctx=2048, n_threads=threads, n_threads_batch=threads,
