@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -70,15 +71,16 @@ rows = [ask(p) for p in prompts]
 print(json.dumps({"generate": [r[0] for r in rows], "tokens": [r[1] for r in rows], "peak_rss_mb": peak_rss_mb()}))
 """
 
-# A worker for paired misses: answers one prompt per stdin line, prints its seconds.
+# Workers for paired misses: each answers one prompt per stdin line and replies "= seconds" (its
+# other output, the service's log lines, goes by).
 PAIRED_RAW = RAW_SETUP + r"""
 max_tokens = int(sys.argv[1])
 complete("warm-up", max_tokens)
-print("ready", flush=True)
+print("= ready", flush=True)
 for line in sys.stdin:
     t = time.perf_counter()
     complete(json.loads(line), max_tokens)
-    print(time.perf_counter() - t, flush=True)
+    print("=", time.perf_counter() - t, flush=True)
 """
 
 PAIRED_MANGUM = r"""
@@ -93,11 +95,11 @@ def ask(prompt):
     response = handler(lambda_event("function-url", {"prompt": prompt, "max_tokens": max_tokens}), FakeLambdaContext())
     assert response["statusCode"] == 200 and response["headers"]["x-cache"] == "MISS", response
 ask("warm-up")
-print("ready", flush=True)
+print("= ready", flush=True)
 for line in sys.stdin:
     t = time.perf_counter()
     ask(json.loads(line))
-    print(time.perf_counter() - t, flush=True)
+    print("=", time.perf_counter() - t, flush=True)
 """
 
 MANGUM = PEAK_RSS + r"""
@@ -133,9 +135,17 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def child(code: str, *args: Any) -> dict[str, Any]:
+# The service as deployed: it writes its log line per request (to stdout; here a pipe or /dev/null),
+# and under Mangum it runs as in Lambda, where that line also carries the EMF metrics.
+SERVICE_ENV = {"CHAT_LOG_LEVEL": "INFO"}
+FUNCTION_ENV = {**SERVICE_ENV, "AWS_LAMBDA_FUNCTION_NAME": "bench"}
+
+
+def child(code: str, *args: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Runs `code` to its end in a fresh process; its last line of output is its JSON result."""
     out = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT), "CHAT_LOG_LEVEL": "WARNING"}, check=True)
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "CHAT_LOG_LEVEL": "WARNING", **(env or {})},
+                         check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -188,9 +198,10 @@ def concurrent(client: httpx.Client, path: str, body: dict[str, Any], n: int) ->
 
 def uvicorn_service(prompts: list[str], max_tokens: int, hits: int, n_concurrent: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as cache_dir:
-        main = start([sys.executable, "-m", "handler"], 8771, "/health", {"PORT": "8771", "CHAT_CACHE_DIR": cache_dir})
+        main = start([sys.executable, "-m", "handler"], 8771, "/health",
+                     {**SERVICE_ENV, "PORT": "8771", "CHAT_CACHE_DIR": cache_dir})
         disk_only = start([sys.executable, "-m", "handler"], 8772, "/health",
-                          {"PORT": "8772", "CHAT_CACHE_DIR": cache_dir, "CHAT_CACHE_MEMORY_ENTRIES": "0"})
+                          {**SERVICE_ENV, "PORT": "8772", "CHAT_CACHE_DIR": cache_dir, "CHAT_CACHE_MEMORY_ENTRIES": "0"})
         try:
             with httpx.Client(base_url="http://127.0.0.1:8771", timeout=300, limits=httpx.Limits(
                     max_connections=n_concurrent + 1)) as client, \
@@ -215,20 +226,31 @@ def uvicorn_service(prompts: list[str], max_tokens: int, hits: int, n_concurrent
             "concurrent": {"wall_s": wall, "generations": generations}}
 
 
+def reply(worker: subprocess.Popen[str]) -> str:
+    """A paired-miss worker's next reply, past any log lines."""
+    assert worker.stdout is not None
+    for line in worker.stdout:
+        if line.startswith("= "):
+            return line[2:].strip()
+    raise RuntimeError("a paired-miss worker ended")
+
+
 def paired_misses(prompts: list[str], max_tokens: int) -> dict[str, Any]:
     """Raw llama-cpp-python, the Mangum handler and uvicorn answer the same new prompt back to back,
     prompt after prompt, each in a process of its own (which system goes first rotates). A pair's
     ratio is untouched by the slow spells of a shared host that pooled figures take in."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHAT_LOG_LEVEL": "WARNING"}
-    workers = {name: subprocess.Popen([sys.executable, "-c", code, str(max_tokens)], cwd=ROOT, env=env, text=True,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-               for name, code in (("raw", PAIRED_RAW), ("Mangum", PAIRED_MANGUM))}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = {name: subprocess.Popen([sys.executable, "-c", code, str(max_tokens)], cwd=ROOT, env={**env, **extra},
+                                      text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL)
+               for name, code, extra in (("raw", PAIRED_RAW, {}), ("Mangum", PAIRED_MANGUM, FUNCTION_ENV))}
     seconds: dict[str, list[float]] = {"raw": [], "Mangum": [], "uvicorn HTTP": []}
     with tempfile.TemporaryDirectory() as cache_dir:
-        server = start([sys.executable, "-m", "handler"], 8774, "/health", {"PORT": "8774", "CHAT_CACHE_DIR": cache_dir})
+        server = start([sys.executable, "-m", "handler"], 8774, "/health",
+                       {**SERVICE_ENV, "PORT": "8774", "CHAT_CACHE_DIR": cache_dir})
         try:
             for worker in workers.values():
-                assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+                assert reply(worker) == "ready"
             with httpx.Client(base_url="http://127.0.0.1:8774", timeout=300) as client:
                 timed_post(client, "/chat", {"prompt": "warm-up", "max_tokens": max_tokens}, "MISS")
                 names = list(seconds)
@@ -239,10 +261,10 @@ def paired_misses(prompts: list[str], max_tokens: int) -> dict[str, Any]:
                             seconds[name].append(timed_post(client, "/chat", body, "MISS"))
                             continue
                         worker = workers[name]
-                        assert worker.stdin is not None and worker.stdout is not None
+                        assert worker.stdin is not None
                         worker.stdin.write(json.dumps(prompt) + "\n")
                         worker.stdin.flush()
-                        seconds[name].append(float(worker.stdout.readline()))
+                        seconds[name].append(float(reply(worker)))
         finally:
             stop(server)
             for worker in workers.values():
@@ -290,7 +312,7 @@ def summarize(system: str, path: str, answer: str, samples: list[tuple[float, in
     ordered = sorted(seconds)
     return {"system": system, "path": path, "answer": answer, "n": len(seconds),
             "rps": len(seconds) / sum(seconds), "p50_ms": statistics.median(seconds) * 1000,
-            "p95_ms": ordered[max(0, int(len(ordered) * 0.95) - 1)] * 1000, "tok_s": tps,
+            "p95_ms": ordered[math.ceil(len(ordered) * 0.95) - 1] * 1000, "tok_s": tps,  # nearest rank
             "vs_raw": tps / raw_tps if raw_tps else 1.0, "peak_rss_mb": rss}
 
 
@@ -358,7 +380,7 @@ def main() -> None:
         tokens = raw["tokens"]
         add(("raw llama-cpp-python", "in process", "generate"), raw["generate"], raw["peak_rss_mb"])
         with tempfile.TemporaryDirectory() as cache_dir:
-            mangum = child(MANGUM, json.dumps(prompts), args.max_tokens, args.hits, cache_dir)
+            mangum = child(MANGUM, json.dumps(prompts), args.max_tokens, args.hits, cache_dir, env=FUNCTION_ENV)
         http = uvicorn_service(prompts, args.max_tokens, args.hits, args.concurrent)
         for path, result in (("Mangum", mangum), ("uvicorn HTTP", http)):
             for answer in ("miss", "memory hit", "disk hit"):
