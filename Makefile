@@ -9,7 +9,7 @@ MODEL  := models/gemma-3-270m-q4_k_m.gguf
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install serve test bench model clean
+.PHONY: install serve test test-quick lint bench model clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,15 +32,25 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 install: $(VENV)/.installed
 
 $(MODEL): $(VENV)/.installed
-	$(PY) -m handler.assemble_model $(MODEL)
+	$(PY) -m handler.cli.assemble_model $(MODEL)
 
 model: $(MODEL)
 
 serve: install model
 	HOST=$(HOST) PORT=$(PORT) $(PY) -m handler
 
-test: install $(TOOLS)/.installed
-	TOOLS_BIN=$(abspath $(TOOLS))/bin $(PY) -m pytest
+# Lint, format check and strict types, before any test runs.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint $(TOOLS)/.installed
+	TOOLS_BIN=$(abspath $(TOOLS))/bin $(PY) -m pytest --cov --cov-report=term:skip-covered
+
+# The tests without the deployment linters (sam, hadolint) and without coverage: the quick loop.
+test-quick: install
+	$(PY) -m pytest -m "not deploy" -q
 
 # By hand, not in CI: prints the comparison tables, writes bench/results/{results.json,compare.png}.
 bench: $(VENV)/.bench-installed $(MODEL)

@@ -39,9 +39,9 @@ RAW = r"""
 import time; t0 = time.perf_counter()
 import json, os, sys
 from llama_cpp import Llama
-from handler.config import load_settings
-from handler.model import usable_cores
-from handler.prompt import compose
+from handler.core.config import load_settings
+from handler.engine.model import usable_cores
+from handler.service.prompts import compose
 s = load_settings()
 llama = Llama(model_path=s.model_path, n_ctx=s.n_ctx, n_batch=s.n_batch, n_threads=usable_cores(),
               n_threads_batch=usable_cores(), n_gpu_layers=s.n_gpu_layers, verbose=False)
@@ -56,16 +56,25 @@ def run(code: str, env: dict[str, str]) -> dict:
     the image's packages; here the first run writes it)."""
     base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     lambda_env = {"AWS_LAMBDA_FUNCTION_NAME": "cold-start-bench", "CHAT_LOG_LEVEL": "WARNING"}
-    out = subprocess.run([sys.executable, "-c", code, PROMPT], cwd=ROOT, capture_output=True, text=True,
-                         env={**base, "PYTHONPATH": str(ROOT), **lambda_env, **env}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, PROMPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**base, "PYTHONPATH": str(ROOT), **lambda_env, **env},
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def measure(runs: int) -> dict[str, float]:
     """Median seconds of each row over `runs` fresh processes."""
-    rows: dict[str, list[float]] = {"import handler.lambda_handler": [], "import + first /chat, cold miss": [],
-                                    "raw llama-cpp-python, import + load + answer": [],
-                                    "import + first /chat, cold disk hit": []}
+    rows: dict[str, list[float]] = {
+        "import handler.lambda_handler": [],
+        "import + first /chat, cold miss": [],
+        "raw llama-cpp-python, import + load + answer": [],
+        "import + first /chat, cold disk hit": [],
+    }
     with tempfile.TemporaryDirectory() as cache:
         run(SERVICE, {"CHAT_CACHE_DIR": cache})  # writes the bytecode an image would ship
     for _ in range(runs):

@@ -38,18 +38,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import cold_start  # noqa: E402
-from child_snippets import PEAK_RSS  # noqa: E402
+import cold_start
+from child_snippets import PEAK_RSS
 
-from handler.config import load_settings  # noqa: E402
-from handler.prompt import compose  # noqa: E402
+from handler.core.config import load_settings
+from handler.service.prompts import compose
 
 RAW_SETUP = r"""
 import json, sys, time
 from llama_cpp import Llama
-from handler.config import load_settings
-from handler.model import usable_cores
-from handler.prompt import compose
+from handler.core.config import load_settings
+from handler.engine.model import usable_cores
+from handler.service.prompts import compose
 s = load_settings()
 threads = usable_cores()  # as the service does; llama-cpp-python's default is half
 llama = Llama(model_path=s.model_path, n_ctx=s.n_ctx, n_batch=s.n_batch, n_threads=threads, n_threads_batch=threads,
@@ -60,7 +60,10 @@ def complete(prompt, max_tokens):
     return out["usage"]["completion_tokens"]
 """
 
-RAW = PEAK_RSS + RAW_SETUP + r"""
+RAW = (
+    PEAK_RSS
+    + RAW_SETUP
+    + r"""
 prompts, max_tokens = json.loads(sys.argv[1]), int(sys.argv[2])
 def ask(prompt):
     t = time.perf_counter()
@@ -70,10 +73,13 @@ ask("warm-up")
 rows = [ask(p) for p in prompts]
 print(json.dumps({"generate": [r[0] for r in rows], "tokens": [r[1] for r in rows], "peak_rss_mb": peak_rss_mb()}))
 """
+)
 
 # Workers for paired misses: each answers one prompt per stdin line and replies "= seconds" (its
 # other output, the service's log lines, goes by).
-PAIRED_RAW = RAW_SETUP + r"""
+PAIRED_RAW = (
+    RAW_SETUP
+    + r"""
 max_tokens = int(sys.argv[1])
 complete("warm-up", max_tokens)
 print("= ready", flush=True)
@@ -82,12 +88,13 @@ for line in sys.stdin:
     complete(json.loads(line), max_tokens)
     print("=", time.perf_counter() - t, flush=True)
 """
+)
 
 PAIRED_MANGUM = r"""
 import json, sys, time
 from mangum import Mangum
 from handler.app import create_app
-from handler.config import load_settings
+from handler.core.config import load_settings
 from tests.conftest import FakeLambdaContext, lambda_event
 max_tokens = int(sys.argv[1])
 handler = Mangum(create_app(load_settings().model_copy(update={"cache_dir": None})), lifespan="off")
@@ -102,11 +109,13 @@ for line in sys.stdin:
     print("=", time.perf_counter() - t, flush=True)
 """
 
-MANGUM = PEAK_RSS + r"""
+MANGUM = (
+    PEAK_RSS
+    + r"""
 import json, sys, time
 from mangum import Mangum
 from handler.app import create_app
-from handler.config import load_settings
+from handler.core.config import load_settings
 from tests.conftest import FakeLambdaContext, lambda_event
 prompts, max_tokens, hits, cache_dir = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 s = load_settings().model_copy(update={"cache_dir": cache_dir})
@@ -126,6 +135,7 @@ disk_only = Mangum(create_app(s.model_copy(update={"cache_memory_entries": 0})),
 disk = [timed(disk_only, prompts[i % len(prompts)], "HIT-DISK") for i in range(hits)]
 print(json.dumps({"miss": miss, "memory hit": memory, "disk hit": disk, "peak_rss_mb": peak_rss_mb()}))
 """
+)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -143,15 +153,25 @@ FUNCTION_ENV = {**SERVICE_ENV, "AWS_LAMBDA_FUNCTION_NAME": "bench"}
 
 def child(code: str, *args: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Runs `code` to its end in a fresh process; its last line of output is its JSON result."""
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT), "CHAT_LOG_LEVEL": "WARNING", **(env or {})},
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CHAT_LOG_LEVEL": "WARNING", **(env or {})},
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def start(command: list[str], port: int, ready: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "CHAT_LOG_LEVEL": "WARNING", **(env or {})})
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CHAT_LOG_LEVEL": "WARNING", **(env or {})},
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -198,32 +218,51 @@ def concurrent(client: httpx.Client, path: str, body: dict[str, Any], n: int) ->
 
 def uvicorn_service(prompts: list[str], max_tokens: int, hits: int, n_concurrent: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as cache_dir:
-        main = start([sys.executable, "-m", "handler"], 8771, "/health",
-                     {**SERVICE_ENV, "PORT": "8771", "CHAT_CACHE_DIR": cache_dir})
-        disk_only = start([sys.executable, "-m", "handler"], 8772, "/health",
-                          {**SERVICE_ENV, "PORT": "8772", "CHAT_CACHE_DIR": cache_dir, "CHAT_CACHE_MEMORY_ENTRIES": "0"})
+        main = start(
+            [sys.executable, "-m", "handler"],
+            8771,
+            "/health",
+            {**SERVICE_ENV, "PORT": "8771", "CHAT_CACHE_DIR": cache_dir},
+        )
+        disk_only = start(
+            [sys.executable, "-m", "handler"],
+            8772,
+            "/health",
+            {**SERVICE_ENV, "PORT": "8772", "CHAT_CACHE_DIR": cache_dir, "CHAT_CACHE_MEMORY_ENTRIES": "0"},
+        )
         try:
-            with httpx.Client(base_url="http://127.0.0.1:8771", timeout=300, limits=httpx.Limits(
-                    max_connections=n_concurrent + 1)) as client, \
-                    httpx.Client(base_url="http://127.0.0.1:8772", timeout=300) as disk_client:
+            with (
+                httpx.Client(
+                    base_url="http://127.0.0.1:8771", timeout=300, limits=httpx.Limits(max_connections=n_concurrent + 1)
+                ) as client,
+                httpx.Client(base_url="http://127.0.0.1:8772", timeout=300) as disk_client,
+            ):
+
                 def chat(prompt: str) -> dict[str, Any]:
                     return {"prompt": prompt, "max_tokens": max_tokens}
 
                 timed_post(client, "/chat", chat("warm-up"), "MISS")
                 miss = [timed_post(client, "/chat", chat(p), "MISS") for p in prompts]
-                memory = [timed_post(client, "/chat", chat(prompts[i % len(prompts)]), "HIT-MEMORY")
-                          for i in range(hits)]
+                memory = [
+                    timed_post(client, "/chat", chat(prompts[i % len(prompts)]), "HIT-MEMORY") for i in range(hits)
+                ]
                 timed_post(disk_client, "/chat", chat("warm-up"), "HIT-DISK")
-                disk = [timed_post(disk_client, "/chat", chat(prompts[i % len(prompts)]), "HIT-DISK")
-                        for i in range(hits)]
+                disk = [
+                    timed_post(disk_client, "/chat", chat(prompts[i % len(prompts)]), "HIT-DISK") for i in range(hits)
+                ]
                 before = client.get("/health").json()["model"]["generations"]
                 wall = concurrent(client, "/chat", chat("All at once: what rhymes with night?"), n_concurrent)
                 generations = client.get("/health").json()["model"]["generations"] - before
         finally:
             rss = stop(main)
             stop(disk_only)
-    return {"miss": miss, "memory hit": memory, "disk hit": disk, "peak_rss_mb": rss,
-            "concurrent": {"wall_s": wall, "generations": generations}}
+    return {
+        "miss": miss,
+        "memory hit": memory,
+        "disk hit": disk,
+        "peak_rss_mb": rss,
+        "concurrent": {"wall_s": wall, "generations": generations},
+    }
 
 
 def reply(worker: subprocess.Popen[str]) -> str:
@@ -240,14 +279,26 @@ def paired_misses(prompts: list[str], max_tokens: int) -> dict[str, Any]:
     prompt after prompt, each in a process of its own (which system goes first rotates). A pair's
     ratio is untouched by the slow spells of a shared host that pooled figures take in."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    workers = {name: subprocess.Popen([sys.executable, "-c", code, str(max_tokens)], cwd=ROOT, env={**env, **extra},
-                                      text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL)
-               for name, code, extra in (("raw", PAIRED_RAW, {}), ("Mangum", PAIRED_MANGUM, FUNCTION_ENV))}
+    workers = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", code, str(max_tokens)],
+            cwd=ROOT,
+            env={**env, **extra},
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, code, extra in (("raw", PAIRED_RAW, {}), ("Mangum", PAIRED_MANGUM, FUNCTION_ENV))
+    }
     seconds: dict[str, list[float]] = {"raw": [], "Mangum": [], "uvicorn HTTP": []}
     with tempfile.TemporaryDirectory() as cache_dir:
-        server = start([sys.executable, "-m", "handler"], 8774, "/health",
-                       {**SERVICE_ENV, "PORT": "8774", "CHAT_CACHE_DIR": cache_dir})
+        server = start(
+            [sys.executable, "-m", "handler"],
+            8774,
+            "/health",
+            {**SERVICE_ENV, "PORT": "8774", "CHAT_CACHE_DIR": cache_dir},
+        )
         try:
             for worker in workers.values():
                 assert reply(worker) == "ready"
@@ -255,7 +306,7 @@ def paired_misses(prompts: list[str], max_tokens: int) -> dict[str, Any]:
                 timed_post(client, "/chat", {"prompt": "warm-up", "max_tokens": max_tokens}, "MISS")
                 names = list(seconds)
                 for i, prompt in enumerate(prompts):
-                    for name in names[i % 3:] + names[:i % 3]:
+                    for name in names[i % 3 :] + names[: i % 3]:
                         if name == "uvicorn HTTP":
                             body = {"prompt": prompt, "max_tokens": max_tokens}
                             seconds[name].append(timed_post(client, "/chat", body, "MISS"))
@@ -272,48 +323,98 @@ def paired_misses(prompts: list[str], max_tokens: int) -> dict[str, Any]:
                 worker.wait()
     result: dict[str, Any] = {"n": len(prompts)}
     for name in ("Mangum", "uvicorn HTTP"):
-        ratios = sorted(raw / own for raw, own in zip(seconds["raw"], seconds[name]))
-        result[name] = {"median": statistics.median(ratios), "q1": ratios[len(ratios) // 4],
-                        "q3": ratios[(3 * len(ratios)) // 4]}
+        ratios = sorted(raw / own for raw, own in zip(seconds["raw"], seconds[name], strict=True))
+        result[name] = {
+            "median": statistics.median(ratios),
+            "q1": ratios[len(ratios) // 4],
+            "q3": ratios[(3 * len(ratios)) // 4],
+        }
     return result
 
 
 def peer_server(prompts: list[str], max_tokens: int, n_concurrent: int) -> dict[str, Any]:
     settings = load_settings()
     threads = str(len(os.sched_getaffinity(0)))
-    proc = start([sys.executable, "-m", "llama_cpp.server", "--model", settings.model_path, "--port", "8773",
-                  "--n_ctx", str(settings.n_ctx), "--n_batch", str(settings.n_batch), "--n_threads", threads,
-                  "--n_threads_batch", threads, "--n_gpu_layers", str(settings.n_gpu_layers),
-                  "--seed", str(settings.seed), "--verbose", "False"], 8773, "/v1/models")
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            settings.model_path,
+            "--port",
+            "8773",
+            "--n_ctx",
+            str(settings.n_ctx),
+            "--n_batch",
+            str(settings.n_batch),
+            "--n_threads",
+            threads,
+            "--n_threads_batch",
+            threads,
+            "--n_gpu_layers",
+            str(settings.n_gpu_layers),
+            "--seed",
+            str(settings.seed),
+            "--verbose",
+            "False",
+        ],
+        8773,
+        "/v1/models",
+    )
     try:
-        with httpx.Client(base_url="http://127.0.0.1:8773", timeout=600,
-                          limits=httpx.Limits(max_connections=n_concurrent + 1)) as client:
+        with httpx.Client(
+            base_url="http://127.0.0.1:8773", timeout=600, limits=httpx.Limits(max_connections=n_concurrent + 1)
+        ) as client:
+
             def completion(prompt: str) -> dict[str, Any]:
-                return {"prompt": compose(settings, prompt), "max_tokens": max_tokens, "stop": settings.stop,
-                        "temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k,
-                        "min_p": settings.min_p, "repeat_penalty": settings.repeat_penalty, "seed": settings.seed}
+                return {
+                    "prompt": compose(settings, prompt),
+                    "max_tokens": max_tokens,
+                    "stop": settings.stop,
+                    "temperature": settings.temperature,
+                    "top_p": settings.top_p,
+                    "top_k": settings.top_k,
+                    "min_p": settings.min_p,
+                    "repeat_penalty": settings.repeat_penalty,
+                    "seed": settings.seed,
+                }
 
             timed_post(client, "/v1/completions", completion("warm-up"))
             first = [timed_post(client, "/v1/completions", completion(p)) for p in prompts]
             repeated = [timed_post(client, "/v1/completions", completion(p)) for p in prompts]
-            wall = concurrent(client, "/v1/completions", completion("All at once: what rhymes with night?"),
-                              n_concurrent)
+            wall = concurrent(
+                client, "/v1/completions", completion("All at once: what rhymes with night?"), n_concurrent
+            )
     finally:
         rss = stop(proc)
-    return {"first": first, "repeated": repeated, "peak_rss_mb": rss,
-            "concurrent": {"wall_s": wall, "generations": n_concurrent}}
+    return {
+        "first": first,
+        "repeated": repeated,
+        "peak_rss_mb": rss,
+        "concurrent": {"wall_s": wall, "generations": n_concurrent},
+    }
 
 
-def summarize(system: str, path: str, answer: str, samples: list[tuple[float, int]], rss: float,
-              raw_tps: float | None) -> dict[str, Any]:
+def summarize(
+    system: str, path: str, answer: str, samples: list[tuple[float, int]], rss: float, raw_tps: float | None
+) -> dict[str, Any]:
     """One row from (seconds, tokens) samples, pooled over the rounds."""
     seconds = [t for t, _ in samples]
     tps = sum(n for _, n in samples) / sum(seconds)
     ordered = sorted(seconds)
-    return {"system": system, "path": path, "answer": answer, "n": len(seconds),
-            "rps": len(seconds) / sum(seconds), "p50_ms": statistics.median(seconds) * 1000,
-            "p95_ms": ordered[math.ceil(len(ordered) * 0.95) - 1] * 1000, "tok_s": tps,  # nearest rank
-            "vs_raw": tps / raw_tps if raw_tps else 1.0, "peak_rss_mb": rss}
+    return {
+        "system": system,
+        "path": path,
+        "answer": answer,
+        "n": len(seconds),
+        "rps": len(seconds) / sum(seconds),
+        "p50_ms": statistics.median(seconds) * 1000,
+        "p95_ms": ordered[math.ceil(len(ordered) * 0.95) - 1] * 1000,
+        "tok_s": tps,  # nearest rank
+        "vs_raw": tps / raw_tps if raw_tps else 1.0,
+        "peak_rss_mb": rss,
+    }
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -323,8 +424,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r['system']}\n{r['path']}: {r['answer']}" for r in rows]
-    colors = ["#888888" if r["system"] == "raw llama-cpp-python" else "#d98c3f" if r["system"] == "llama_cpp.server"
-              else "#3f7fd9" for r in rows]
+    colors = [
+        "#888888"
+        if r["system"] == "raw llama-cpp-python"
+        else "#d98c3f"
+        if r["system"] == "llama_cpp.server"
+        else "#3f7fd9"
+        for r in rows
+    ]
     fig, (latency, speed) = plt.subplots(1, 2, figsize=(13, 0.55 * len(rows) + 1.5), sharey=True)
     y = range(len(rows))
     latency.barh(y, [r["p50_ms"] for r in rows], color=colors)
@@ -359,8 +466,11 @@ def main() -> None:
     words = ["day", "night", "sea", "tree", "rain", "light", "snow", "moon", "star", "wind"]
     prompts = [f"Question {i}: what rhymes with {word}?" for i, word in enumerate(words * 10)]
     prompts = prompts[: args.prompts]
-    print(f"model {Path(settings.model_path).name}, max_tokens {args.max_tokens}, {len(prompts)} prompts, "
-          f"{len(os.sched_getaffinity(0))} CPUs, n_gpu_layers {settings.n_gpu_layers}", flush=True)
+    print(
+        f"model {Path(settings.model_path).name}, max_tokens {args.max_tokens}, {len(prompts)} prompts, "
+        f"{len(os.sched_getaffinity(0))} CPUs, n_gpu_layers {settings.n_gpu_layers}",
+        flush=True,
+    )
 
     # Every system once per round, rounds in turn, samples pooled: a slow spell of a shared host
     # falls on all of them rather than on whichever happened to run then.
@@ -395,18 +505,22 @@ def main() -> None:
     raw_key = ("raw llama-cpp-python", "in process", "generate")
     raw_tps = summarize(*raw_key, samples[raw_key], rss[raw_key], None)["tok_s"]
     rows = [summarize(*key, pooled, rss[key], None if key == raw_key else raw_tps) for key, pooled in samples.items()]
-    concurrency = {name: {"wall_s": statistics.median(walls[name]), "generations": max(generations[name])}
-                   for name in walls}
+    concurrency = {
+        name: {"wall_s": statistics.median(walls[name]), "generations": max(generations[name])} for name in walls
+    }
     print("paired misses", flush=True)
-    paired = paired_misses([f"Pair {i}: what rhymes with {word}?" for i, word in enumerate(words * 10)][: args.paired],
-                           args.max_tokens)
+    paired = paired_misses(
+        [f"Pair {i}: what rhymes with {word}?" for i, word in enumerate(words * 10)][: args.paired], args.max_tokens
+    )
     cold = cold_start.measure(args.cold_runs)
 
     print("\n| system | path | answer | n | req/s | p50 ms | p95 ms | tok/s | vs raw | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['system']} | {r['path']} | {r['answer']} | {r['n']} | {r['rps']:,.1f} | {r['p50_ms']:,.2f} | "
-              f"{r['p95_ms']:,.2f} | {r['tok_s']:,.1f} | {r['vs_raw']:,.3f} | {r['peak_rss_mb']:,.0f} |")
+        print(
+            f"| {r['system']} | {r['path']} | {r['answer']} | {r['n']} | {r['rps']:,.1f} | {r['p50_ms']:,.2f} | "
+            f"{r['p95_ms']:,.2f} | {r['tok_s']:,.1f} | {r['vs_raw']:,.3f} | {r['peak_rss_mb']:,.0f} |"
+        )
     print(f"\nmisses paired prompt by prompt ({paired['n']} new prompts): service speed / raw speed")
     print("| path | median | quartiles |\n|---|---|---|")
     for name in ("Mangum", "uvicorn HTTP"):
@@ -414,16 +528,24 @@ def main() -> None:
     print(f"\n{args.concurrent} identical requests at once:")
     print("| server | generations | wall s |\n|---|---|---|")
     print(f"| service (uvicorn) | {concurrency['service']['generations']} | {concurrency['service']['wall_s']:.2f} |")
-    print(f"| llama_cpp.server | {concurrency['peer']['generations']} (no cache) | {concurrency['peer']['wall_s']:.2f} |")
+    print(
+        f"| llama_cpp.server | {concurrency['peer']['generations']} (no cache) | {concurrency['peer']['wall_s']:.2f} |"
+    )
     print(f"\ncold start, median of {args.cold_runs} fresh processes:")
     print("| what | seconds |\n|---|---|")
     for name, seconds in cold.items():
         print(f"| {name} | {seconds:.3f} |")
 
-    results = {"model": Path(settings.model_path).name, "max_tokens": args.max_tokens, "rounds": args.rounds,
-               "cpus": len(os.sched_getaffinity(0)), "rows": rows, "paired_misses": paired,
-               "concurrent": {"n": args.concurrent, **concurrency},
-               "cold_start_s": cold}
+    results = {
+        "model": Path(settings.model_path).name,
+        "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
+        "cpus": len(os.sched_getaffinity(0)),
+        "rows": rows,
+        "paired_misses": paired,
+        "concurrent": {"n": args.concurrent, **concurrency},
+        "cold_start_s": cold,
+    }
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     plot(rows, args.out / "compare.png")
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'compare.png'}")

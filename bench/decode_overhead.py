@@ -3,7 +3,7 @@
 Each layer runs in a fresh process (OpenMP and model state start clean), on the same prompt:
   raw            llama-cpp-python in the main thread
   raw-thread     the same from a worker thread
-  holder         handler.model.ModelHolder.complete in the main thread
+  holder         handler.engine.model.ModelHolder.complete in the main thread
   holder-thread  the same from a worker thread
   service        /v1/completions through the Mangum handler (the whole app)
   service-burst  /v1/completions over HTTP (uvicorn), after a burst of 8 concurrent requests and 2 streams
@@ -31,7 +31,9 @@ from child_snippets import VOLUNTARY_SWITCHES
 
 ROOT = Path(__file__).resolve().parent.parent
 
-LAYER = VOLUNTARY_SWITCHES + r"""
+LAYER = (
+    VOLUNTARY_SWITCHES
+    + r"""
 import base64, json, os, statistics, sys, time
 from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.environ["ROOT"])
@@ -46,17 +48,17 @@ if layer.startswith("raw"):
         out = llama.create_completion(f"{prompt} {i}", max_tokens=tokens, temperature=0.0, seed=0)
         return out["usage"]["completion_tokens"]
 elif layer.startswith("holder"):
-    from handler.config import Settings
-    from handler.model import ModelHolder, SamplingParams
+    from handler.core.config import Settings
+    from handler.engine.model import ModelHolder
     settings = Settings(model_path=model, n_gpu_layers=0, n_threads=threads, cache_dir=None, stop=[])
     holder = ModelHolder(settings)
-    params = SamplingParams.from_settings(settings, tokens)
+    params = settings.sampling(tokens)
     def generate(i):
         return holder.complete(f"{prompt} {i}", params).completion_tokens
 elif layer == "service-burst":
     import httpx
     from handler.app import create_app
-    from handler.config import Settings
+    from handler.core.config import Settings
     from tests.conftest import LiveServer
     settings = Settings(model_path=model, n_gpu_layers=0, n_threads=threads, cache_dir=None, metrics="off",
                         log_level="ERROR")
@@ -72,7 +74,7 @@ elif layer == "service-burst":
 else:
     from mangum import Mangum
     from handler.app import create_app
-    from handler.config import Settings
+    from handler.core.config import Settings
     from tests.conftest import FakeLambdaContext, lambda_event
     settings = Settings(model_path=model, n_gpu_layers=0, n_threads=threads, cache_dir=None, metrics="off",
                         log_level="ERROR")
@@ -95,6 +97,7 @@ for i in range(1, 5):
     generated += n
 print(json.dumps({"layer": layer, "tok_s": statistics.median(rates), "switches": (switches() - before) / generated}))
 """
+)
 
 
 def main() -> None:
@@ -106,9 +109,14 @@ def main() -> None:
     print(f"model {Path(args.model).name}, {args.threads} threads, {args.tokens} tokens, medians of 4")
     print("| layer | tok/s | voluntary context switches per token |\n|---|---|---|")
     for layer in ("raw", "raw-thread", "holder", "holder-thread", "service", "service-burst"):
-        out = subprocess.run([sys.executable, "-c", LAYER, layer, args.model, str(args.tokens), str(args.threads)],
-                             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "ROOT": str(ROOT)},
-                             timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-c", LAYER, layer, args.model, str(args.tokens), str(args.threads)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ROOT": str(ROOT)},
+            timeout=600,
+        )
         if out.returncode != 0:
             print(f"| {layer} | failed: {out.stderr.strip().splitlines()[-1:]} |")
             continue

@@ -27,12 +27,20 @@ def raw(model: str, layers: int, decode_tokens: int, runs: int) -> dict[str, Any
     """Prompt speed on a 500-word prompt, and the same requests the service gets below, straight."""
     from llama_cpp import Llama
 
-    from handler.model import usable_cores
+    from handler.engine.model import usable_cores
 
     threads = usable_cores()  # as the service uses; llama-cpp-python's default is half
     started = time.perf_counter()
-    llama = Llama(model_path=model, n_gpu_layers=layers, n_ctx=2048, n_batch=512, n_threads=threads,
-                  n_threads_batch=threads, seed=0, verbose=False)
+    llama = Llama(
+        model_path=model,
+        n_gpu_layers=layers,
+        n_ctx=2048,
+        n_batch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        seed=0,
+        verbose=False,
+    )
     load_s = time.perf_counter() - started
     long_prompt = " ".join(["word"] * 500)
     prompt_tps, decode_tps = [], []
@@ -45,8 +53,11 @@ def raw(model: str, layers: int, decode_tokens: int, runs: int) -> dict[str, Any
         t = time.perf_counter()
         out = llama.create_completion(f"{PROMPT} {i}", max_tokens=decode_tokens, temperature=0.0, seed=0)
         decode_tps.append(out["usage"]["completion_tokens"] / (time.perf_counter() - t))
-    return {"load_s": load_s, "prompt_tok_s": statistics.median(prompt_tps[1:]),
-            "raw_tok_s": statistics.median(decode_tps[1:])}
+    return {
+        "load_s": load_s,
+        "prompt_tok_s": statistics.median(prompt_tps[1:]),
+        "raw_tok_s": statistics.median(decode_tps[1:]),
+    }
 
 
 def service(model: str, layers: int, decode_tokens: int, runs: int) -> dict[str, Any]:
@@ -56,11 +67,17 @@ def service(model: str, layers: int, decode_tokens: int, runs: int) -> dict[str,
     from mangum import Mangum
 
     from handler.app import create_app
-    from handler.config import Settings
+    from handler.core.config import Settings
     from tests.conftest import FakeLambdaContext, lambda_event
 
-    settings = Settings(model_path=model, n_gpu_layers=layers, cache_dir=None, log_level="ERROR",
-                        max_tokens_limit=max(1024, decode_tokens), metrics="off")
+    settings = Settings(
+        model_path=model,
+        n_gpu_layers=layers,
+        cache_dir=None,
+        log_level="ERROR",
+        max_tokens_limit=max(1024, decode_tokens),
+        metrics="off",
+    )
     handler = Mangum(create_app(settings), lifespan="off")
 
     def ask(i: int) -> tuple[int, float]:
@@ -74,8 +91,10 @@ def service(model: str, layers: int, decode_tokens: int, runs: int) -> dict[str,
 
     misses = [ask(i) for i in range(runs + 1)][1:]  # the first loads the model
     hits = [ask(i)[1] for i in range(1, runs + 1)]
-    return {"service_tok_s": statistics.median(n / s for n, s in misses),
-            "memory_hit_ms": statistics.median(hits) * 1000}
+    return {
+        "service_tok_s": statistics.median(n / s for n, s in misses),
+        "memory_hit_ms": statistics.median(hits) * 1000,
+    }
 
 
 def main() -> None:
@@ -90,16 +109,24 @@ def main() -> None:
     from llama_cpp import llama_supports_gpu_offload
 
     print(f"model {Path(args.model).name}; GPU offload supported by this build: {llama_supports_gpu_offload()}")
-    print(f"{'n_gpu_layers':>12} {'load s':>7} {'prompt tok/s':>13} {'raw tok/s':>10} {'service tok/s':>14} "
-          f"{'ratio':>6} {'hit ms':>7}")
+    print(
+        f"{'n_gpu_layers':>12} {'load s':>7} {'prompt tok/s':>13} {'raw tok/s':>10} {'service tok/s':>14} "
+        f"{'ratio':>6} {'hit ms':>7}"
+    )
     results = []
     for layers in args.layers:
-        row = {"n_gpu_layers": layers, **raw(args.model, layers, args.decode_tokens, args.runs),
-               **service(args.model, layers, args.decode_tokens, args.runs)}
+        row = {
+            "n_gpu_layers": layers,
+            **raw(args.model, layers, args.decode_tokens, args.runs),
+            **service(args.model, layers, args.decode_tokens, args.runs),
+        }
         results.append(row)
         row["ratio"] = row["service_tok_s"] / row["raw_tok_s"]
-        print(f"{layers:>12} {row['load_s']:7.2f} {row['prompt_tok_s']:13.0f} {row['raw_tok_s']:10.1f} "
-              f"{row['service_tok_s']:14.1f} {row['ratio']:6.3f} {row['memory_hit_ms']:7.2f}", flush=True)
+        print(
+            f"{layers:>12} {row['load_s']:7.2f} {row['prompt_tok_s']:13.0f} {row['raw_tok_s']:10.1f} "
+            f"{row['service_tok_s']:14.1f} {row['ratio']:6.3f} {row['memory_hit_ms']:7.2f}",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

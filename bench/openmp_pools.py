@@ -28,7 +28,9 @@ from child_snippets import VOLUNTARY_SWITCHES
 
 ROOT = Path(__file__).resolve().parent.parent
 
-RUN = VOLUNTARY_SWITCHES + r"""
+RUN = (
+    VOLUNTARY_SWITCHES
+    + r"""
 import sys, time
 from concurrent.futures import ThreadPoolExecutor
 from llama_cpp import Llama
@@ -48,6 +50,7 @@ for i in range(300):
 seconds = time.perf_counter() - started
 print(f"{tokens / seconds:.0f} {(switches() - before) / tokens:.1f}")
 """
+)
 
 
 def main() -> None:
@@ -66,8 +69,12 @@ def main() -> None:
         print("| run | pools | tok/s | voluntary context switches per token |\n|---|---|---|---|")
         for run in range(1, args.runs + 1):
             for pools in (1, 2):
-                out = subprocess.run([sys.executable, "-c", RUN, args.model, str(pools), str(args.threads)],
-                                     capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [sys.executable, "-c", RUN, args.model, str(pools), str(args.threads)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 rate, per_token = out.stdout.split()
                 print(f"| {run} | {pools} | {rate} | {per_token} |", flush=True)
 

@@ -27,8 +27,11 @@ def dump(model: Path, layout: Path) -> None:
     import gguf
 
     reader = gguf.GGUFReader(str(model))
-    kv = [(name, [int(t) for t in field.types], field.contents()) for name, field in reader.fields.items()
-          if not name.startswith("GGUF.") and name != "general.alignment"]
+    kv = [
+        (name, [int(t) for t in field.types], field.contents())
+        for name, field in reader.fields.items()
+        if not name.startswith("GGUF.") and name != "general.alignment"
+    ]
     tensors = [(t.name, [int(n) for n in t.shape], int(t.tensor_type)) for t in reader.tensors]
     with gzip.open(layout, "wb") as f:
         pickle.dump({"arch": reader.fields["general.architecture"].contents(), "kv": kv, "tensors": tensors}, f)
@@ -42,7 +45,7 @@ def build(layout: Path, out: Path, ftype: int = Q4_K_M) -> None:
     import llama_cpp
 
     with gzip.open(layout, "rb") as f:
-        spec: dict[str, Any] = pickle.load(f)  # noqa: S301 - our own file
+        spec: dict[str, Any] = pickle.load(f)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         f16 = Path(tmp) / "f16.gguf"

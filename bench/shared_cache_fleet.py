@@ -36,34 +36,47 @@ def container(model_path: str, cache_dir: str, table: str | None, max_tokens: in
     from mangum import Mangum
 
     from handler.app import create_app
-    from handler.config import load_settings
+    from handler.core.config import load_settings
     from tests.conftest import FakeLambdaContext, lambda_event
 
-    settings = load_settings(environ={**os.environ, "CHAT_MODEL_PATH": model_path, "CHAT_MODEL_SHA256": "",
-                                      "CHAT_CACHE_DIR": cache_dir, "CHAT_CACHE_TABLE": table or "",
-                                      "CHAT_LOG_LEVEL": "WARNING"})
+    settings = load_settings(
+        environ={
+            **os.environ,
+            "CHAT_MODEL_PATH": model_path,
+            "CHAT_MODEL_SHA256": "",
+            "CHAT_CACHE_DIR": cache_dir,
+            "CHAT_CACHE_TABLE": table or "",
+            "CHAT_LOG_LEVEL": "WARNING",
+        }
+    )
     handler = Mangum(create_app(settings), lifespan="off")
     while (prompt := inbox.get()) is not None:
-        response = handler(lambda_event("function-url", {"prompt": prompt, "max_tokens": max_tokens}),
-                           FakeLambdaContext())
+        response = handler(
+            lambda_event("function-url", {"prompt": prompt, "max_tokens": max_tokens}), FakeLambdaContext()
+        )
         outbox.put((response["statusCode"], response["headers"].get("x-cache")))
 
 
 def zipf_prompts(distinct: int, count: int, exponent: float, seed: int) -> list[str]:
     rng = random.Random(seed)
-    weights = [1 / (rank ** exponent) for rank in range(1, distinct + 1)]
-    return [f"Question number {i}: what do you know about topic {i}?"
-            for i in rng.choices(range(distinct), weights=weights, k=count)]
+    weights = [1 / (rank**exponent) for rank in range(1, distinct + 1)]
+    return [
+        f"Question number {i}: what do you know about topic {i}?"
+        for i in rng.choices(range(distinct), weights=weights, k=count)
+    ]
 
 
-def run_fleet(model_path: str, containers: int, prompts: list[str], table: str | None, max_tokens: int,
-              seed: int) -> dict[str, Any]:
+def run_fleet(
+    model_path: str, containers: int, prompts: list[str], table: str | None, max_tokens: int, seed: int
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     outbox = ctx.Queue()
     inboxes = [ctx.Queue() for _ in range(containers)]
     with tempfile.TemporaryDirectory() as tmp:
-        workers = [ctx.Process(target=container, args=(model_path, f"{tmp}/c{i}", table, max_tokens, inboxes[i],
-                                                       outbox)) for i in range(containers)]
+        workers = [
+            ctx.Process(target=container, args=(model_path, f"{tmp}/c{i}", table, max_tokens, inboxes[i], outbox))
+            for i in range(containers)
+        ]
         for worker in workers:
             worker.start()
         rng = random.Random(seed)
@@ -79,8 +92,12 @@ def run_fleet(model_path: str, containers: int, prompts: list[str], table: str |
         for worker in workers:
             worker.join(60)
     hits = sum(n for s, n in sources.items() if s.startswith("HIT"))
-    return {"sources": dict(sources), "hit_rate": hits / len(prompts), "generations": sources["MISS"],
-            "seconds": elapsed}
+    return {
+        "sources": dict(sources),
+        "hit_rate": hits / len(prompts),
+        "generations": sources["MISS"],
+        "seconds": elapsed,
+    }
 
 
 def main() -> None:
@@ -104,7 +121,7 @@ def main() -> None:
 
             model_path = str(write_tiny_gguf(Path(tmp) / "tiny.gguf"))
         elif args.model == "default":
-            from handler.config import load_settings
+            from handler.core.config import load_settings
 
             model_path = load_settings().model_path
         else:
@@ -116,23 +133,31 @@ def main() -> None:
         import boto3
 
         boto3.client("dynamodb").create_table(
-            TableName=TABLE, BillingMode="PAY_PER_REQUEST",
+            TableName=TABLE,
+            BillingMode="PAY_PER_REQUEST",
             AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "key", "KeyType": "HASH"}])
+            KeySchema=[{"AttributeName": "key", "KeyType": "HASH"}],
+        )
         prompts = zipf_prompts(args.distinct, args.requests, args.zipf, args.seed)
-        print(f"{args.containers} containers, {args.requests} requests over {len(set(prompts))} distinct prompts "
-              f"(Zipf {args.zipf} over {args.distinct}), model {Path(model_path).name}, max_tokens {args.max_tokens}")
+        print(
+            f"{args.containers} containers, {args.requests} requests over {len(set(prompts))} distinct prompts "
+            f"(Zipf {args.zipf} over {args.distinct}), model {Path(model_path).name}, max_tokens {args.max_tokens}"
+        )
         results = {
             "local tiers only": run_fleet(model_path, args.containers, prompts, None, args.max_tokens, args.seed),
             "with shared table": run_fleet(model_path, args.containers, prompts, TABLE, args.max_tokens, args.seed),
         }
         server.stop()
-    print(f"{'':20} {'hit rate':>9} {'generations':>12} {'HIT-MEMORY':>11} {'HIT-DISK':>9} {'HIT-SHARED':>11} "
-          f"{'seconds':>8}")
+    print(
+        f"{'':20} {'hit rate':>9} {'generations':>12} {'HIT-MEMORY':>11} {'HIT-DISK':>9} {'HIT-SHARED':>11} "
+        f"{'seconds':>8}"
+    )
     for name, r in results.items():
         s = r["sources"]
-        print(f"{name:20} {r['hit_rate']:9.1%} {r['generations']:12d} {s.get('HIT-MEMORY', 0):11d} "
-              f"{s.get('HIT-DISK', 0):9d} {s.get('HIT-SHARED', 0):11d} {r['seconds']:8.1f}")
+        print(
+            f"{name:20} {r['hit_rate']:9.1%} {r['generations']:12d} {s.get('HIT-MEMORY', 0):11d} "
+            f"{s.get('HIT-DISK', 0):9d} {s.get('HIT-SHARED', 0):11d} {r['seconds']:8.1f}"
+        )
     floor = len(set(prompts))
     print(f"(a fleet that shared everything perfectly would generate {floor} times: once per distinct prompt)")
 

@@ -12,7 +12,7 @@ import_fastapi()  # first: a container platform's cold start pays for the server
 import uvicorn  # noqa: E402
 
 from handler.app import create_app  # noqa: E402
-from handler.config import ConfigError  # noqa: E402
+from handler.core.config import ConfigError  # noqa: E402
 
 
 def main() -> int:
@@ -22,7 +22,9 @@ def main() -> int:
         print(exc, file=sys.stderr)
         return 2
     # The app logs one JSON line per request itself; uvicorn's access log would repeat it.
-    uvicorn.run(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")), access_log=False)
+    uvicorn.run(
+        app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")), access_log=False
+    )
     return 0
 
 

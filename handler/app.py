@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from handler.auth import ApiKeyMiddleware, ApiKeys
-from handler.body_limit import BodyLimitMiddleware
-from handler.cache.tiered import ResponseCache
-from handler.chat_service import ChatService
-from handler.config import Settings, load_settings
-from handler.errors import install_error_handlers
-from handler.logs import configure_logging
-from handler.metrics import PrometheusMetrics, make_metrics
-from handler.model import ModelHolder
-from handler.request_context import RequestContextMiddleware
-from handler.routes import chat, health, openai
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from handler.api import chat, health, openai
+from handler.cache.response_cache import ResponseCache
+from handler.core.config import Settings, load_settings
+from handler.engine.model import ModelHolder
+from handler.middleware.auth import ApiKeyMiddleware, ApiKeys
+from handler.middleware.body_limit import BodyLimitMiddleware
+from handler.middleware.error_responses import install_error_handlers
+from handler.middleware.request_context import RequestContextMiddleware
+from handler.observability.logs import configure_logging
+from handler.observability.metrics import PrometheusMetrics, make_metrics
+from handler.service.chat_service import ChatService
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Under uvicorn: free threads, the model and the disk cache on exit. Mangum runs with lifespan off
+    (a function is frozen, then dropped, without warning)."""
+    yield
+    await run_in_threadpool(app.state.chat.close)
 
 
 def create_app(settings: Settings | None = None, *, model: ModelHolder | None = None) -> FastAPI:
@@ -22,13 +34,14 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     settings = settings or load_settings()
     configure_logging(settings.log_level)
     app = FastAPI(
+        lifespan=_lifespan,
         title="LLM chat service",
         summary="A GGUF model behind /chat and an OpenAI-compatible /v1 API, with a tiered response cache.",
         version="0.1.0",
     )
     app.state.settings = settings
     app.state.model = model or ModelHolder(settings)
-    app.state.chat = ChatService(settings, app.state.model, ResponseCache(settings))
+    app.state.chat = ChatService(settings, app.state.model, ResponseCache.from_settings(settings))
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=ApiKeys(settings))

@@ -1,9 +1,9 @@
 """FastAPI, imported with its OpenAPI models left unbuilt until something uses them.
 
 `import fastapi` builds about a hundred pydantic models of the OpenAPI schema
-(fastapi.openapi.models) that only /openapi.json and /docs use: deferred, FastAPI 0.165 imports
-in 0.48 s instead of 0.57 s on a 2-core VM, off every function's cold start. Models created while pydantic's `defer_build` is set are built on their first
-validation instead. The setting is restored at once, so this service's own models, and any
+(fastapi.openapi.models) that only /openapi.json and /docs use; deferring them takes them off every
+cold start (the README has the figures). Models created while pydantic's `defer_build` is set are
+built on their first validation instead. The setting is restored at once, so this service's own models, and any
 created later, are built as usual.
 """
 

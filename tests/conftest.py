@@ -20,8 +20,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from handler.app import create_app
-from handler.config import Settings
-from handler.logs import JsonFormatter
+from handler.core.config import Settings
+from handler.observability.logs import JsonFormatter
 from tests.tiny_gguf import CONTEXT, write_tiny_gguf
 
 EVENTS = Path(__file__).parent / "events"
@@ -48,8 +48,11 @@ def settings(tiny_model: Path, tmp_path: Path) -> Settings:
 @pytest.fixture
 def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials and a region for moto; no test ever reaches AWS."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
 
 
@@ -191,8 +194,13 @@ class FakeLambdaContext:
         return 60_000
 
 
-def lambda_event(kind: str, body: dict[str, Any] | str, path: str = "/chat", method: str = "POST",
-                 headers: dict[str, str] | None = None) -> dict[str, Any]:
+def lambda_event(
+    kind: str,
+    body: dict[str, Any] | str,
+    path: str = "/chat",
+    method: str = "POST",
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """A `sam local generate-event` payload (tests/events/) carrying our request, base64-encoded as sam writes it."""
     event = copy.deepcopy(json.loads((EVENTS / f"{kind}.json").read_text()))
     raw = body if isinstance(body, str) else json.dumps(body)

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from moto import mock_aws
 
 from handler.app import create_app
-from handler.config import ConfigError, Settings, load_settings
+from handler.core.config import ConfigError, Settings, load_settings
 
 KEY, OTHER = "k" * 20 + "-first", "o" * 20 + "-second"
 
@@ -29,8 +29,13 @@ def test_auth_off_by_default(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong-key-wrong-key"}, {"Authorization": f"Basic {KEY}"},
-     {"X-API-Key": KEY[:-1]}, {"Authorization": "Bearer"}],
+    [
+        {},
+        {"Authorization": "Bearer wrong-key-wrong-key"},
+        {"Authorization": f"Basic {KEY}"},
+        {"X-API-Key": KEY[:-1]},
+        {"Authorization": "Bearer"},
+    ],
     ids=["none", "wrong", "not-bearer", "truncated", "empty"],
 )
 def test_without_a_valid_key_chat_is_401(keyed: httpx.Client, headers: dict[str, str]) -> None:
@@ -57,7 +62,7 @@ def test_keys_from_the_environment(tmp_path, monkeypatch) -> None:
     config.write_text("")
     settings = load_settings(config, environ={"CHAT_API_KEYS": json.dumps([KEY])})
     assert settings.api_keys == [KEY]
-    with pytest.raises(ConfigError, match="CHAT_API_KEYS.*at least 16 characters"):
+    with pytest.raises(ConfigError, match=r"CHAT_API_KEYS.*at least 16 characters"):
         load_settings(config, environ={"CHAT_API_KEYS": '["short"]'})
 
 

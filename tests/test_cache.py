@@ -15,10 +15,11 @@ from fastapi import FastAPI
 from handler.app import create_app
 from handler.cache.entry import SCHEMA_VERSION
 from handler.cache.keys import cache_key
-from handler.config import Settings
-from handler.model import ModelHolder, SamplingParams, load_llama
-from handler.model_source import model_identity
-from handler.prompt import compose
+from handler.core.config import Settings
+from handler.core.types import SamplingParams
+from handler.engine.model import ModelHolder, load_llama
+from handler.engine.model_source import model_identity
+from handler.service.prompts import compose
 from tests.conftest import LiveServer, WrappedLlama
 from tests.tiny_gguf import write_tiny_gguf
 
@@ -34,8 +35,9 @@ def serve(live_server) -> Callable[[Settings], tuple[FastAPI, Ask]]:
         url = live_server(app).url
 
         def ask(prompt: str = "hello", max_tokens: int = 8, headers: dict | None = None, **body) -> httpx.Response:
-            response = httpx.post(f"{url}/chat", json={"prompt": prompt, "max_tokens": max_tokens, **body},
-                                  headers=headers, timeout=60)
+            response = httpx.post(
+                f"{url}/chat", json={"prompt": prompt, "max_tokens": max_tokens, **body}, headers=headers, timeout=60
+            )
             assert response.status_code == 200, response.text
             return response
 
@@ -84,7 +86,7 @@ def test_evicted_from_memory_is_still_on_disk(settings: Settings, serve) -> None
 
 def test_ttl_expiry_in_both_tiers(settings: Settings, serve) -> None:
     ttl_settings = settings.model_copy(update={"cache_ttl_seconds": 0.5})
-    app, ask = serve(ttl_settings)
+    _, ask = serve(ttl_settings)
     assert sources(ask(), ask()) == ["MISS", "HIT-MEMORY"]
     time.sleep(0.6)
     assert sources(ask()) == ["MISS"]
@@ -104,7 +106,10 @@ def test_per_request_control(settings: Settings, serve) -> None:
     assert sources(ask("unstored", headers={"Cache-Control": "no-store"}), ask("unstored")) == ["MISS", "MISS"]
     assert sources(ask("off", cache="off"), ask("off", cache="off"), ask("off")) == ["MISS", "MISS", "MISS"]
     assert sources(ask("off"), ask("off", cache="no-cache"), ask("off", cache="no-store")) == [
-        "HIT-MEMORY", "MISS", "HIT-MEMORY"]
+        "HIT-MEMORY",
+        "MISS",
+        "HIT-MEMORY",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -218,8 +223,9 @@ def test_corrupt_cache_database_is_moved_aside_and_answers_stay_right(
 def _key_for(app: FastAPI, prompt: str, max_tokens: int) -> str:
     service = app.state.chat
     identity = model_identity(service.settings.model_path, service.settings.model_sha256)
-    return cache_key("text", identity, compose(service.settings, prompt), service.sampling(max_tokens),
-                     service.settings.n_ctx)
+    return cache_key(
+        "text", identity, compose(service.settings, prompt), service.sampling(max_tokens), service.settings.n_ctx
+    )
 
 
 @pytest.mark.parametrize(

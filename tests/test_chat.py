@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from handler.config import Settings
-from handler.prompt import compose
+from handler.core.config import Settings
+from handler.service.prompts import compose
 from tests.conftest import same_generation
 
 
@@ -15,8 +15,14 @@ def raw_answer(settings: Settings, prompt: str, max_tokens: int) -> tuple[str, i
 
     llama = Llama(model_path=settings.model_path, n_ctx=settings.n_ctx, n_gpu_layers=0, seed=0, verbose=False)
     out = llama.create_completion(
-        compose(settings, prompt), max_tokens=max_tokens, stop=settings.stop, temperature=settings.temperature,
-        top_p=settings.top_p, top_k=settings.top_k, min_p=settings.min_p, repeat_penalty=settings.repeat_penalty,
+        compose(settings, prompt),
+        max_tokens=max_tokens,
+        stop=settings.stop,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
+        min_p=settings.min_p,
+        repeat_penalty=settings.repeat_penalty,
         seed=settings.seed,
     )
     return out["choices"][0]["text"].strip(), out["usage"]["completion_tokens"]

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from handler.assemble_model import sha256_of
-from handler.config import Settings
+from handler.core.config import Settings
+from handler.engine.file_digest import sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,8 +28,14 @@ print(json.dumps({"status": response["statusCode"], "x_cache": response["headers
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([sys.executable, *args], env={**os.environ, "PYTHONPATH": str(ROOT), **env}, cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out
 
@@ -45,13 +51,16 @@ def test_shipped_warm_cache_answers_a_cold_process_without_llama_cpp(
     prompts = tmp_path / "prompts.txt"
     prompts.write_text('What is the capital of France?\n{"prompt": "Tell me a rhyme", "max_tokens": 8}\n\n')
     build = {"CHAT_CONFIG": str(config), "CHAT_CACHE_DIR": str(tmp_path / "image-cache")}
-    warmed = run(["-m", "handler.warm_cache", str(prompts), "--max-tokens", "8"], build)
+    warmed = run(["-m", "handler.cli.warm_cache", str(prompts), "--max-tokens", "8"], build)
     assert "{'MISS': 2}" in warmed.stdout
-    again = run(["-m", "handler.warm_cache", str(prompts), "--max-tokens", "8"], build)
+    again = run(["-m", "handler.cli.warm_cache", str(prompts), "--max-tokens", "8"], build)
     assert "{'HIT-DISK': 2}" in again.stdout  # already cached: nothing generated
 
-    runtime = {"CHAT_CONFIG": str(config), "CHAT_CACHE_DIR": str(tmp_path / "tmp-cache"),
-               "CHAT_CACHE_SEED_DIR": str(tmp_path / "image-cache")}
+    runtime = {
+        "CHAT_CONFIG": str(config),
+        "CHAT_CACHE_DIR": str(tmp_path / "tmp-cache"),
+        "CHAT_CACHE_SEED_DIR": str(tmp_path / "image-cache"),
+    }
     cold = json.loads(run(["-c", COLD_HIT, str(tiny_model), "Tell me a rhyme"], runtime).stdout.splitlines()[-1])
     assert cold["status"] == 200 and cold["x_cache"] == "HIT-DISK"
     assert cold["llama_cpp"] is False and cold["opens"] == 0

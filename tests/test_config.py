@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from handler.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
+from handler.core.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -26,8 +26,15 @@ def test_repository_config_is_valid_and_carries_the_design_defaults() -> None:
 
 def test_environment_overrides_file_and_config_path(tmp_path: Path) -> None:
     path = write(tmp_path, "n_ctx: 1024\nsystem_prompt: Be brief.\nmodel_sha256: " + "a" * 64 + "\n")
-    env = {"CHAT_CONFIG": str(path), "CHAT_N_CTX": "4096", "CHAT_STOP": '["###", "Human:"]',
-           "CHAT_SYSTEM_PROMPT": "123", "CHAT_CACHE_DIR": "", "CHAT_MODEL_SHA256": "", "CHAT_CACHE_TTL_SECONDS": "60"}
+    env = {
+        "CHAT_CONFIG": str(path),
+        "CHAT_N_CTX": "4096",
+        "CHAT_STOP": '["###", "Human:"]',
+        "CHAT_SYSTEM_PROMPT": "123",
+        "CHAT_CACHE_DIR": "",
+        "CHAT_MODEL_SHA256": "",
+        "CHAT_CACHE_TTL_SECONDS": "60",
+    }
     settings = load_settings(environ=env)
     assert settings.n_ctx == 4096
     assert settings.stop == ["###", "Human:"]
@@ -50,8 +57,16 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None
         ("- a\n- b\n", {}, "must be a mapping"),
         ("n_ctxx: 10\n", {}, "unknown key 'n_ctxx' (did you mean 'n_ctx'?)"),
         ("n_ctx: lots\n", {}, "field 'n_ctx': Input should be a valid integer"),
-        ("n_batch: 512\n", {"CHAT_N_BATCH": "many"}, "environment variable CHAT_N_BATCH: Input should be a valid integer"),
-        ("prompt_template: 'System: {system_prompt}'\n", {}, "field 'prompt_template': Value error, must contain {prompt}"),
+        (
+            "n_batch: 512\n",
+            {"CHAT_N_BATCH": "many"},
+            "environment variable CHAT_N_BATCH: Input should be a valid integer",
+        ),
+        (
+            "prompt_template: 'System: {system_prompt}'\n",
+            {},
+            "field 'prompt_template': Value error, must contain {prompt}",
+        ),
         ("prompt_template: '{prompt} {user}'\n", {}, "unknown placeholder(s) ['user']"),
         ("stop: ['']\n", {}, "stop strings must not be empty"),
         ("temperature: 9\n", {}, "field 'temperature': Input should be less than or equal to 2"),

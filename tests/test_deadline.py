@@ -6,8 +6,8 @@ import httpx
 from mangum import Mangum
 
 from handler.app import create_app
-from handler.config import Settings
-from handler.model import ModelHolder, load_llama
+from handler.core.config import Settings
+from handler.engine.model import ModelHolder, load_llama
 from tests.conftest import FakeLambdaContext, LiveServer, PacedLlama, lambda_body, lambda_event
 
 

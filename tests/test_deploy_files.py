@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from handler.config import ENV_PREFIX, Settings
+from handler.core.config import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,20 +48,28 @@ CfnLoader.add_multi_constructor("!", _tag)
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    return yaml.load((ROOT / "template.yaml").read_text(), Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
+    return yaml.load((ROOT / "template.yaml").read_text(), Loader=CfnLoader)
 
 
+@pytest.mark.deploy
 def test_sam_validate_lint_passes() -> None:
     env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1"}
-    out = subprocess.run([tool("sam"), "validate", "--lint", "-t", str(ROOT / "template.yaml")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [tool("sam"), "validate", "--lint", "-t", str(ROOT / "template.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "is a valid SAM Template" in out.stdout + out.stderr
 
 
+@pytest.mark.deploy
 def test_hadolint_passes() -> None:
-    out = subprocess.run([tool("hadolint"), "--no-color", str(ROOT / "Dockerfile")],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [tool("hadolint"), "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -110,16 +118,26 @@ def test_dockerfile_entry_point_is_the_mangum_handler() -> None:
     assert commands and set(commands) == {"handler.lambda_handler.handler"}
     module, attribute = commands[0].rsplit(".", 1)
     check = f"import {module} as m; from mangum import Mangum; assert isinstance(m.{attribute}, Mangum)"
-    out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "CHAT_CACHE_DIR": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CHAT_CACHE_DIR": ""},
+    )
     assert out.returncode == 0, out.stderr
 
 
 def test_a_non_editable_install_carries_every_module(tmp_path: Path) -> None:
     """The image installs the package with `pip install --target`, not editable: every subpackage must ship."""
     target = tmp_path / "app"
-    out = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                          "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     shipped = {p.relative_to(target).as_posix() for p in (target / "handler").rglob("*.py")}
     in_tree = {p.relative_to(ROOT).as_posix() for p in (ROOT / "handler").rglob("*.py")}

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from handler.app import create_app
-from handler.config import Settings
-from handler.model import ModelHolder, load_llama
+from handler.core.config import Settings
+from handler.engine.model import ModelHolder, load_llama
 from tests.conftest import WrappedLlama
 
 
@@ -133,7 +133,9 @@ def test_prompt_over_the_limit_is_400_naming_it(settings: Settings, live_server)
     with httpx.Client(base_url=live_server(app).url) as http:
         response = http.post("/chat", json={"prompt": "y" * 51})
     assert response.status_code == 400
-    assert "51 characters" in response.json()["error"]["message"] and "limit of 50" in response.json()["error"]["message"]
+    assert (
+        "51 characters" in response.json()["error"]["message"] and "limit of 50" in response.json()["error"]["message"]
+    )
 
 
 def test_non_utf8_body_is_4xx(http: httpx.Client) -> None:

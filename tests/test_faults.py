@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from handler.app import create_app
-from handler.config import Settings
+from handler.core.config import Settings
 from tests.conftest import LiveServer
 
 
@@ -27,7 +27,7 @@ class FullDisk:
 
 def test_full_disk_degrades_to_memory_and_recovers(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"cache_disk_retry_seconds": 0}))
-    disk = app.state.chat.cache.disk
+    disk = app.state.chat.cache.tier("disk")
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as http:
         disk._cache = FullDisk()
         first = http.post("/chat", json={"prompt": "during the fault", "max_tokens": 6})
@@ -64,8 +64,9 @@ def corrupt_in_place(model: Path) -> None:
         f.write(b"not a model any more" * 100)
 
 
-def test_a_model_file_overwritten_in_place_keeps_answering_without_mmap(settings: Settings, tiny_model: Path,
-                                                                          tmp_path: Path) -> None:
+def test_a_model_file_overwritten_in_place_keeps_answering_without_mmap(
+    settings: Settings, tiny_model: Path, tmp_path: Path
+) -> None:
     model = tmp_path / "model.gguf"
     model.write_bytes(tiny_model.read_bytes())
     app = create_app(settings.model_copy(update={"model_path": str(model), "use_mmap": False}))
@@ -82,8 +83,9 @@ def test_a_model_file_overwritten_in_place_keeps_answering_without_mmap(settings
         assert http.post("/chat", json={"prompt": "two", "max_tokens": 4}).status_code == 200
 
 
-def test_a_mapped_model_replaced_by_rename_keeps_answering(settings: Settings, tiny_model: Path,
-                                                           tmp_path: Path) -> None:
+def test_a_mapped_model_replaced_by_rename_keeps_answering(
+    settings: Settings, tiny_model: Path, tmp_path: Path
+) -> None:
     """The safe way to change a mapped model's file: write the new file aside, then rename it over."""
     model = tmp_path / "model.gguf"
     model.write_bytes(tiny_model.read_bytes())

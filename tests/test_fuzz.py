@@ -12,7 +12,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from handler.app import create_app
-from handler.config import Settings
+from handler.core.config import Settings
 from tests.conftest import LiveServer
 
 JSON = st.recursive(
@@ -29,16 +29,30 @@ SHAPED = st.fixed_dictionaries(
     },
 )
 CHAT_SHAPED = st.fixed_dictionaries(
-    {"model": st.sampled_from(["tiny", "gpt-4o", ""]) | JSON,
-     "messages": st.lists(st.fixed_dictionaries({
-         "role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "bogus"]) | JSON,
-         "content": st.text(max_size=200) | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text()}),
-                                                     max_size=2) | JSON,
-     }), max_size=3) | JSON},
+    {
+        "model": st.sampled_from(["tiny", "gpt-4o", ""]) | JSON,
+        "messages": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "bogus"]) | JSON,
+                    "content": st.text(max_size=200)
+                    | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text()}), max_size=2)
+                    | JSON,
+                }
+            ),
+            max_size=3,
+        )
+        | JSON,
+    },
     optional={
-        "max_tokens": st.integers(-5, 2000) | JSON, "temperature": st.floats(-1, 3) | JSON,
-        "stop": st.lists(st.text(max_size=5), max_size=6) | JSON, "seed": st.integers(-1, 2**33) | JSON,
-        "stream": st.booleans() | JSON, "n": st.integers(0, 3) | JSON, "logprobs": JSON, "extra": JSON,
+        "max_tokens": st.integers(-5, 2000) | JSON,
+        "temperature": st.floats(-1, 3) | JSON,
+        "stop": st.lists(st.text(max_size=5), max_size=6) | JSON,
+        "seed": st.integers(-1, 2**33) | JSON,
+        "stream": st.booleans() | JSON,
+        "n": st.integers(0, 3) | JSON,
+        "logprobs": JSON,
+        "extra": JSON,
     },
 )
 FUZZ = hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -46,8 +60,14 @@ FUZZ = hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model) -> Iterator[httpx.Client]:
-    settings = Settings(model_path=str(tiny_model), n_ctx=512, n_gpu_layers=0, n_threads=1,
-                        cache_dir=str(tmp_path_factory.mktemp("fuzz-cache")), log_level="ERROR")
+    settings = Settings(
+        model_path=str(tiny_model),
+        n_ctx=512,
+        n_gpu_layers=0,
+        n_threads=1,
+        cache_dir=str(tmp_path_factory.mktemp("fuzz-cache")),
+        log_level="ERROR",
+    )
     with LiveServer(create_app(settings)) as live, httpx.Client(base_url=live.url, timeout=60) as client:
         yield client
 
@@ -99,9 +119,19 @@ def test_any_bytes_never_5xx(server: httpx.Client, raw: bytes, content_type: str
 
 @pytest.mark.parametrize("prompt_json", ['"\\ud800"', '"a\\udfffb"', '"\\u0000"', '"\\ud83d\\ude00 ok"'])
 def test_escaped_surrogates_and_nul_never_5xx(server: httpx.Client, prompt_json: str) -> None:
-    for path, body in [("/v1/completions", f'{{"model": "tiny", "max_tokens": 3, "prompt": {prompt_json}}}'),
-                       ("/v1/chat/completions", f'{{"model": "tiny", "max_tokens": 3, "stream": true, '
-                                                f'"messages": [{{"role": "user", "content": {prompt_json}}}]}}')]:
+    for path, body in [
+        ("/v1/completions", f'{{"model": "tiny", "max_tokens": 3, "prompt": {prompt_json}}}'),
+        (
+            "/v1/chat/completions",
+            f'{{"model": "tiny", "max_tokens": 3, "stream": true, '
+            f'"messages": [{{"role": "user", "content": {prompt_json}}}]}}',
+        ),
+    ]:
         check(server.post(path, content=body, headers={"content-type": "application/json"}))
-    check(server.post("/chat", content='{"prompt": %s, "max_tokens": 4}' % prompt_json,
-                      headers={"content-type": "application/json"}))
+    check(
+        server.post(
+            "/chat",
+            content=f'{{"prompt": {prompt_json}, "max_tokens": 4}}',
+            headers={"content-type": "application/json"},
+        )
+    )

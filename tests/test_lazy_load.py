@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 
 from handler.app import create_app
-from handler.config import Settings
-from handler.model import ModelHolder, load_llama
+from handler.core.config import Settings
+from handler.engine.model import ModelHolder, load_llama
 from tests.conftest import LiveServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +46,14 @@ def run_cold(settings: Settings, tmp_path: Path) -> dict:
     config = tmp_path / "config.yaml"
     config.write_text(f"model_path: {settings.model_path}\nn_ctx: 512\nn_gpu_layers: 0\ncache_dir: {tmp_path}/c\n")
     env = {**os.environ, "CHAT_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", COLD_PROCESS, settings.model_path], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", COLD_PROCESS, settings.model_path],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -86,6 +92,7 @@ def test_concurrent_first_requests_load_the_model_exactly_once(settings: Setting
     app = create_app(settings, model=ModelHolder(settings, loader=counting_loader))
     results: list[httpx.Response] = []
     with LiveServer(app) as server:
+
         def call(i: int) -> None:
             results.append(httpx.post(f"{server.url}/chat", json={"prompt": f"p{i % 2}", "max_tokens": 5}, timeout=60))
 

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 
 from handler.app import create_app
-from handler.config import Settings
-from handler.model import ModelHolder, load_llama
-from handler.prompt import compose
+from handler.core.config import Settings
+from handler.engine.model import ModelHolder, load_llama
+from handler.service.prompts import compose
 from tests.conftest import LiveServer, WrappedLlama
 
 CLIENTS, REQUESTS_EACH, MAX_TOKENS = 64, 3, 8
@@ -34,17 +34,22 @@ def test_64_concurrent_clients_get_right_answers_or_429(settings: Settings) -> N
     settings = settings.model_copy(update={"max_pending_generations": 4})
     repeated = [f"popular question {i}" for i in range(6)]
     rng = random.Random(7)
-    plan = [[rng.choice(repeated) if rng.random() < 0.6 else f"new question {c}-{r}" for r in range(REQUESTS_EACH)]
-            for c in range(CLIENTS)]
+    plan = [
+        [rng.choice(repeated) if rng.random() < 0.6 else f"new question {c}-{r}" for r in range(REQUESTS_EACH)]
+        for c in range(CLIENTS)
+    ]
     reference_model = ModelHolder(settings)
     app = create_app(settings, model=ModelHolder(settings, loader=lambda s: SteadyLlama(load_llama(s))))
     app_params = app.state.chat.sampling(MAX_TOKENS)
-    expected = {p: reference_model.complete(compose(settings, p), app_params).text.strip()
-                for p in {p for row in plan for p in row}}
+    expected = {
+        p: reference_model.complete(compose(settings, p), app_params).text.strip()
+        for p in {p for row in plan for p in row}
+    }
 
     outcomes: list[tuple[str, int, str, dict]] = []
     lock = threading.Lock()
     with LiveServer(app) as server:
+
         def client(prompts: list[str]) -> None:
             with httpx.Client(base_url=server.url, timeout=60) as http:
                 give_up = time.monotonic() + 60
@@ -91,6 +96,7 @@ def test_a_full_queue_refuses_new_work_with_429_but_lets_identical_requests_join
     app = create_app(settings, model=ModelHolder(settings, loader=lambda s: Slow(load_llama(s))))
     results: dict[str, httpx.Response] = {}
     with LiveServer(app) as server:
+
         def ask(name: str, prompt: str) -> None:
             results[name] = httpx.post(f"{server.url}/chat", json={"prompt": prompt, "max_tokens": 4}, timeout=30)
 
@@ -140,6 +146,7 @@ def test_every_load_and_generation_runs_on_one_thread(settings: Settings) -> Non
     app = create_app(settings, model=ModelHolder(settings, loader=loader))
     model = settings.served_model
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+
         def ask(i: int) -> int:
             if i % 3 == 0:
                 return http.post("/chat", json={"prompt": f"question {i}", "max_tokens": 8}).status_code

@@ -12,14 +12,17 @@ from mangum import Mangum
 from prometheus_client.parser import text_string_to_metric_families
 
 from handler.app import create_app
-from handler.config import Settings
-from handler.metrics import NAMESPACE
+from handler.core.config import Settings
+from handler.observability.metrics import NAMESPACE
 from tests.conftest import FakeLambdaContext, LiveServer, lambda_event, lines
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_prometheus_metrics_count_what_happened(settings: Settings, access_log: io.StringIO) -> None:
@@ -46,7 +49,8 @@ def test_prometheus_metrics_count_what_happened(settings: Settings, access_log: 
 
 
 def test_the_request_line_says_when_the_model_loaded_and_how_fast_it_generated(
-        settings: Settings, access_log: io.StringIO) -> None:
+    settings: Settings, access_log: io.StringIO
+) -> None:
     with LiveServer(create_app(settings)) as server:
         for prompt in ("first", "second", "second"):
             httpx.post(f"{server.url}/chat", json={"prompt": prompt, "max_tokens": 5})
@@ -65,8 +69,7 @@ def emf_lines(settings: Settings, access_log: io.StringIO, prompts: list[str]) -
     return lines(access_log)
 
 
-def test_as_a_function_each_answer_line_is_a_cloudwatch_emf_record(settings: Settings,
-                                                                   access_log: io.StringIO) -> None:
+def test_as_a_function_each_answer_line_is_a_cloudwatch_emf_record(settings: Settings, access_log: io.StringIO) -> None:
     miss, hit, health = emf_lines(settings, access_log, ["emf", "emf"])
     for line in (miss, hit):
         (directive,) = line["_aws"]["CloudWatchMetrics"]
@@ -85,13 +88,12 @@ def test_as_a_function_each_answer_line_is_a_cloudwatch_emf_record(settings: Set
 
 
 def _field(metric: str) -> str:
-    from handler.metrics import EMF_METRICS
+    from handler.observability.metrics import EMF_METRICS
 
     return next(field for field, name, _ in EMF_METRICS if name == metric)
 
 
-def test_a_cache_fault_shows_in_the_next_emf_record(settings: Settings, access_log: io.StringIO,
-                                                    tmp_path: Any) -> None:
+def test_a_cache_fault_shows_in_the_next_emf_record(settings: Settings, access_log: io.StringIO, tmp_path: Any) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the cache folder should be")
     (line,) = emf_lines(settings.model_copy(update={"cache_dir": str(blocker / "cache")}), access_log, ["x"])[:1]
@@ -99,8 +101,9 @@ def test_a_cache_fault_shows_in_the_next_emf_record(settings: Settings, access_l
     assert "CacheFaults" in {m["Name"] for m in line["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
 
 
-def test_auto_picks_emf_inside_lambda_and_prometheus_elsewhere(settings: Settings,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_picks_emf_inside_lambda_and_prometheus_elsewhere(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fastapi.testclient import TestClient
 
     assert TestClient(create_app(settings)).get("/metrics").status_code == 200

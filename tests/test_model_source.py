@@ -12,9 +12,9 @@ from mangum import Mangum
 from moto import mock_aws
 
 from handler.app import create_app
-from handler.config import ConfigError, Settings, load_settings
-from handler.model import ModelHolder
-from handler.model_source import S3Source
+from handler.core.config import ConfigError, Settings, load_settings
+from handler.engine.model import ModelHolder
+from handler.engine.model_source import S3Source
 from tests.conftest import FakeLambdaContext, lambda_body, lambda_event
 
 BUCKET, KEY = "models-bucket", "gguf/tiny.gguf"
@@ -31,18 +31,24 @@ def s3(aws_credentials: None) -> Iterator[object]:
 
 @pytest.fixture
 def s3_settings(settings: Settings, tiny_model: Path, tmp_path: Path) -> Settings:
-    return settings.model_copy(update={
-        "model_path": URI,
-        "model_sha256": hashlib.sha256(tiny_model.read_bytes()).hexdigest(),
-        "model_download_dir": str(tmp_path / "models"),
-    })
+    return settings.model_copy(
+        update={
+            "model_path": URI,
+            "model_sha256": hashlib.sha256(tiny_model.read_bytes()).hexdigest(),
+            "model_download_dir": str(tmp_path / "models"),
+        }
+    )
 
 
 def chat(app, prompt: str = "hi") -> dict:
-    response = Mangum(app, lifespan="off")(lambda_event("apigw-http-v2", {"prompt": prompt, "max_tokens": 4}),
-                                           FakeLambdaContext())
-    return {"status": response["statusCode"], "body": lambda_body(response),
-            "x_cache": response["headers"].get("x-cache")}
+    response = Mangum(app, lifespan="off")(
+        lambda_event("apigw-http-v2", {"prompt": prompt, "max_tokens": 4}), FakeLambdaContext()
+    )
+    return {
+        "status": response["statusCode"],
+        "body": lambda_body(response),
+        "x_cache": response["headers"].get("x-cache"),
+    }
 
 
 def files(folder: str) -> list[str]:
@@ -85,9 +91,7 @@ def test_integrity_failure_is_503_keeps_nothing_and_is_retried(s3, s3_settings: 
     assert chat(app)["status"] == 200
 
 
-def test_interrupted_download_leaves_no_usable_file_and_is_retried(
-    s3, s3_settings: Settings, tiny_model: Path
-) -> None:
+def test_interrupted_download_leaves_no_usable_file_and_is_retried(s3, s3_settings: Settings, tiny_model: Path) -> None:
     s3.upload_file(str(tiny_model), BUCKET, KEY)
     source = S3Source(URI, s3_settings.model_sha256, s3_settings.model_download_dir, client=InterruptedClient(s3))
     app = create_app(s3_settings, model=ModelHolder(s3_settings, source=source))
@@ -141,12 +145,13 @@ def test_unreachable_bucket_is_503(s3, s3_settings: Settings) -> None:
 def test_bad_model_uri_is_a_config_error(tmp_path: Path, uri: str) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"model_path: '{uri}'\n")
-    with pytest.raises(ConfigError, match="model_path.*s3://bucket/key"):
+    with pytest.raises(ConfigError, match=r"model_path.*s3://bucket/key"):
         load_settings(config, environ={})
 
 
-def test_s3_gone_while_running_changes_nothing_for_a_loaded_container(s3, s3_settings: Settings,
-                                                                      tiny_model: Path) -> None:
+def test_s3_gone_while_running_changes_nothing_for_a_loaded_container(
+    s3, s3_settings: Settings, tiny_model: Path
+) -> None:
     """After the one download, S3 is never called again: a container keeps answering without it."""
     s3.upload_file(str(tiny_model), BUCKET, KEY)
     app = create_app(s3_settings)

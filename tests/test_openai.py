@@ -15,10 +15,10 @@ from fastapi import FastAPI
 from mangum import Mangum
 
 from handler.app import create_app
-from handler.chat_format import ChatMessage, chat_prompt
-from handler.config import Settings
-from handler.model import ModelHolder, load_llama
-from handler.prompt import compose
+from handler.core.config import Settings
+from handler.core.types import ChatMessage
+from handler.engine.model import ModelHolder, load_llama
+from handler.service.prompts import chat_prompt, compose
 from tests.conftest import FakeLambdaContext, LiveServer, PacedLlama, lambda_body, lambda_event, same_generation
 from tests.tiny_gguf import write_tiny_gguf
 
@@ -48,8 +48,14 @@ def reference(settings: Settings, **call: Any) -> dict[str, Any]:
     from llama_cpp import Llama
 
     llama = Llama(model_path=settings.model_path, n_ctx=settings.n_ctx, n_gpu_layers=0, seed=0, verbose=False)
-    sampling = dict(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                    min_p=settings.min_p, repeat_penalty=settings.repeat_penalty, seed=settings.seed)
+    sampling = dict(
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
+        min_p=settings.min_p,
+        repeat_penalty=settings.repeat_penalty,
+        seed=settings.seed,
+    )
     if "messages" in call:
         return llama.create_chat_completion(**sampling, **call)
     return llama.create_completion(**sampling, **call)
@@ -94,8 +100,9 @@ def test_chat_without_a_template_uses_the_config_template(client: openai.OpenAI,
     out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=10)
     expected = reference(settings, prompt=compose(settings, "Hi"), max_tokens=10, stop=settings.stop)
     assert out.choices[0].message.content is not None
-    assert same_generation(out.choices[0].message.content, expected["choices"][0]["text"],
-                           expected["usage"]["completion_tokens"], 10)
+    assert same_generation(
+        out.choices[0].message.content, expected["choices"][0]["text"], expected["usage"]["completion_tokens"], 10
+    )
     assert out.choices[0].message.role == "assistant"
     assert out.usage is not None and out.usage.prompt_tokens == expected["usage"]["prompt_tokens"]
 
@@ -103,14 +110,22 @@ def test_chat_without_a_template_uses_the_config_template(client: openai.OpenAI,
 def test_chat_with_the_models_own_template_equals_llama_cpp_chat(tmp_path: Path, settings: Settings) -> None:
     model = write_tiny_gguf(tmp_path / "templated.gguf", chat_template=TEMPLATE)
     settings = settings.model_copy(update={"model_path": str(model)})
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"},
-                {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Again?"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": "Again?"},
+    ]
     with LiveServer(create_app(settings)) as server:
         out = client_for(server).chat.completions.create(model="templated", messages=messages, max_tokens=10)
     expected = reference(settings, messages=messages, max_tokens=10)
     assert out.choices[0].message.content is not None
-    assert same_generation(out.choices[0].message.content, expected["choices"][0]["message"]["content"],
-                           expected["usage"]["completion_tokens"], 10)
+    assert same_generation(
+        out.choices[0].message.content,
+        expected["choices"][0]["message"]["content"],
+        expected["usage"]["completion_tokens"],
+        10,
+    )
     assert out.usage is not None and out.usage.prompt_tokens == expected["usage"]["prompt_tokens"]
 
 
@@ -134,33 +149,45 @@ def test_stream_concatenates_to_the_whole_answer_and_is_stored(client: openai.Op
 def test_a_cache_hit_streams_from_the_cache(client: openai.OpenAI) -> None:
     request = dict(model="tiny", prompt="cached", max_tokens=8)
     whole = client.completions.create(**request)
-    replay = client.completions.with_raw_response.create(**request, stream=True,
-                                                          stream_options={"include_usage": True})
+    replay = client.completions.with_raw_response.create(**request, stream=True, stream_options={"include_usage": True})
     assert replay.headers["x-cache"] == "HIT-MEMORY"
     chunks = list(replay.parse())
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
     assert chunks[-1].usage is not None and chunks[-1].usage == whole.usage
 
 
-def test_slash_chat_and_completions_share_answers_for_the_same_model_input(http: httpx.Client,
-                                                                          settings: Settings) -> None:
+def test_slash_chat_and_completions_share_answers_for_the_same_model_input(
+    http: httpx.Client, settings: Settings
+) -> None:
     """The key is the model's input, not the route: /chat's composed prompt sent raw is the same answer."""
     text = http.post("/chat", json={"prompt": "shared", "max_tokens": 6}).json()["text"]
-    raw = http.post("/v1/completions", json={"model": "tiny", "max_tokens": 6, "stop": settings.stop,
-                                             "prompt": compose(settings, "shared")})
+    raw = http.post(
+        "/v1/completions",
+        json={"model": "tiny", "max_tokens": 6, "stop": settings.stop, "prompt": compose(settings, "shared")},
+    )
     assert raw.headers["x-cache"] == "HIT-MEMORY"
     assert raw.json()["choices"][0]["text"].strip() == text
-    chat = http.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 6,
-                                                   "messages": [{"role": "user", "content": "shared"}]})
+    chat = http.post(
+        "/v1/chat/completions",
+        json={"model": "tiny", "max_tokens": 6, "messages": [{"role": "user", "content": "shared"}]},
+    )
     assert chat.headers["x-cache"] == "MISS"  # messages are keyed as messages: the template is known only once loaded
     assert chat.json()["choices"][0]["message"]["content"].strip() == text
 
 
-@pytest.mark.parametrize("change", [
-    {"messages": [{"role": "user", "content": "other"}]},
-    {"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "key"}]},
-    {"temperature": 0.7}, {"seed": 7}, {"stop": ["x"]}, {"max_tokens": 7}, {"top_p": 0.5}, {"presence_penalty": 0.5},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"messages": [{"role": "user", "content": "other"}]},
+        {"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "key"}]},
+        {"temperature": 0.7},
+        {"seed": 7},
+        {"stop": ["x"]},
+        {"max_tokens": 7},
+        {"top_p": 0.5},
+        {"presence_penalty": 0.5},
+    ],
+)
 def test_anything_that_changes_the_answer_misses(http: httpx.Client, change: dict[str, Any]) -> None:
     base = {"model": "tiny", "max_tokens": 6, "messages": [{"role": "user", "content": "key"}]}
     http.post("/v1/chat/completions", json=base)
@@ -168,10 +195,16 @@ def test_anything_that_changes_the_answer_misses(http: httpx.Client, change: dic
     assert http.post("/v1/chat/completions", json={**base, **change}).headers["x-cache"] == "MISS"
 
 
-@pytest.mark.parametrize(("extra", "param"), [
-    ({"n": 2}, "n"), ({"logprobs": True}, "logprobs"), ({"tools": [{"type": "function"}]}, "tools"),
-    ({"response_format": {"type": "json_object"}}, "response_format"), ({"frobnicate": 1}, "frobnicate"),
-])
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"frobnicate": 1}, "frobnicate"),
+    ],
+)
 def test_unsupported_parameters_are_refused_by_name(client: openai.OpenAI, extra: dict[str, Any], param: str) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], extra_body=extra)
@@ -180,22 +213,42 @@ def test_unsupported_parameters_are_refused_by_name(client: openai.OpenAI, extra
 
 
 def test_defaults_sent_explicitly_are_accepted(http: httpx.Client) -> None:
-    response = http.post("/v1/chat/completions", json={
-        "model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}],
-        "n": 1, "logprobs": False, "response_format": {"type": "text"}, "tools": None, "user": "u-1"})
+    response = http.post(
+        "/v1/chat/completions",
+        json={
+            "model": "tiny",
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": "x"}],
+            "n": 1,
+            "logprobs": False,
+            "response_format": {"type": "text"},
+            "tools": None,
+            "user": "u-1",
+        },
+    )
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize(("body", "status", "words"), [
-    ({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}, 404, "serves `tiny`"),
-    ({"model": "tiny", "messages": []}, 400, "messages"),
-    ({"model": "tiny", "messages": [{"role": "assistant", "content": "x"}]}, 400, "role is user"),
-    ({"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}, 400, "role"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-     400, "messages.0.content"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10_000}, 400, "max_tokens"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}, 404, "serves `tiny`"),
+        ({"model": "tiny", "messages": []}, 400, "messages"),
+        ({"model": "tiny", "messages": [{"role": "assistant", "content": "x"}]}, 400, "role is user"),
+        ({"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}, 400, "role"),
+        (
+            {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            400,
+            "messages.0.content",
+        ),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10_000}, 400, "max_tokens"),
+        (
+            {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]},
+            400,
+            "stop",
+        ),
+    ],
+)
 def test_bad_chat_requests(http: httpx.Client, body: dict[str, Any], status: int, words: str) -> None:
     response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == status, response.text
@@ -203,8 +256,9 @@ def test_bad_chat_requests(http: httpx.Client, body: dict[str, Any], status: int
 
 
 def test_context_overflow_before_a_stream_is_a_plain_400(http: httpx.Client) -> None:
-    response = http.post("/v1/completions", json={"model": "tiny", "prompt": "x" * 400, "max_tokens": 300,
-                                                  "stream": True})
+    response = http.post(
+        "/v1/completions", json={"model": "tiny", "prompt": "x" * 400, "max_tokens": 300, "stream": True}
+    )
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("application/json")
     assert "context" in response.json()["error"]["message"]
@@ -232,10 +286,15 @@ def test_tokens_reach_the_client_while_the_model_is_still_generating(settings: S
     stream would deliver the first event only after the last token."""
     client_has_text = threading.Event()
     app, made = paced_app(settings, watch=client_has_text)
-    with LiveServer(app) as server, httpx.stream(
-        "POST", f"{server.url}/v1/completions", timeout=30,
-        json={"model": "tiny", "prompt": "stream", "max_tokens": 60, "stream": True},
-    ) as response:
+    with (
+        LiveServer(app) as server,
+        httpx.stream(
+            "POST",
+            f"{server.url}/v1/completions",
+            timeout=30,
+            json={"model": "tiny", "prompt": "stream", "max_tokens": 60, "stream": True},
+        ) as response,
+    ):
         events = sse_data(response.iter_lines())
         assert next(events)["choices"][0]["finish_reason"] is None  # a first piece, not the end
         client_has_text.set()
@@ -254,8 +313,7 @@ def test_a_client_that_disconnects_stops_the_generation(settings: Settings) -> N
             next(events), next(events)
         assert made[0].done.wait(10), "the generation kept running after the client left"
         assert made[0].tokens < 100
-        after = httpx.post(f"{server.url}/v1/completions", json={**body, "stream": False, "max_tokens": 4},
-                           timeout=30)
+        after = httpx.post(f"{server.url}/v1/completions", json={**body, "stream": False, "max_tokens": 4}, timeout=30)
         assert after.status_code == 200  # the model is free
         again = httpx.post(f"{server.url}/v1/completions", json={**body, "stream": False}, timeout=60)
     assert again.headers["x-cache"] == "MISS"  # the abandoned answer was not stored
@@ -264,8 +322,9 @@ def test_a_client_that_disconnects_stops_the_generation(settings: Settings) -> N
 def test_streaming_under_mangum_returns_the_whole_event_stream(settings: Settings) -> None:
     handler = Mangum(create_app(settings), lifespan="off")
     body = {"model": "tiny", "messages": [{"role": "user", "content": "lambda"}], "max_tokens": 12}
-    streamed = handler(lambda_event("function-url", {**body, "stream": True}, path="/v1/chat/completions"),
-                       FakeLambdaContext())
+    streamed = handler(
+        lambda_event("function-url", {**body, "stream": True}, path="/v1/chat/completions"), FakeLambdaContext()
+    )
     assert streamed["statusCode"] == 200
     assert streamed["headers"]["content-type"].startswith("text/event-stream")
     raw = streamed["body"]
@@ -284,20 +343,24 @@ def test_the_fallback_template_writes_the_whole_conversation(settings: Settings)
     settings = settings.model_copy(update={"system_prompt": "Be kind."})
     turns = [ChatMessage("user", "a"), ChatMessage("assistant", "b"), ChatMessage("user", "c")]
     assert chat_prompt(settings, turns).fallback == (
-        "System: Be kind.\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:")
+        "System: Be kind.\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:"
+    )
     assert chat_prompt(settings, [ChatMessage("system", "Be terse."), ChatMessage("user", "a")]).fallback == (
-        "System: Be terse.\n\nHuman: a\n\nAssistant:")
+        "System: Be terse.\n\nHuman: a\n\nAssistant:"
+    )
 
 
 def test_streams_count_against_the_queue_bound(settings: Settings) -> None:
     app, made = paced_app(settings.model_copy(update={"max_pending_generations": 1}))
     body = {"model": "tiny", "prompt": "a long story", "max_tokens": 300, "stream": True}
-    with LiveServer(app) as server:
-        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as response:
-            events = sse_data(response.iter_lines())  # held: dropping the iterator would close the connection
-            next(events)
-            busy = httpx.post(f"{server.url}/v1/completions", json={**body, "prompt": "other"}, timeout=30)
-            assert not made[0].done.is_set()  # refused while the first stream was still generating
+    with (
+        LiveServer(app) as server,
+        httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as response,
+    ):
+        events = sse_data(response.iter_lines())  # held: dropping the iterator would close the connection
+        next(events)
+        busy = httpx.post(f"{server.url}/v1/completions", json={**body, "prompt": "other"}, timeout=30)
+        assert not made[0].done.is_set()  # refused while the first stream was still generating
     assert busy.status_code == 429 and busy.headers["retry-after"]
 
 

@@ -18,9 +18,9 @@ from moto import mock_aws
 from handler.app import create_app
 from handler.cache.entry import SCHEMA_VERSION
 from handler.cache.shared import ENTRY, EXPIRES, KEY
-from handler.config import Settings
-from handler.errors import ModelUnavailable
-from handler.model import ModelHolder, load_llama
+from handler.core.config import Settings
+from handler.core.errors import ModelUnavailable
+from handler.engine.model import ModelHolder, load_llama
 from tests.conftest import FakeLambdaContext, WrappedLlama, lambda_body, lambda_event
 
 TABLE = "chat-cache"
@@ -30,9 +30,12 @@ TABLE = "chat-cache"
 def dynamodb(aws_credentials: None) -> Iterator[Any]:
     with mock_aws():
         client = boto3.client("dynamodb")
-        client.create_table(TableName=TABLE, BillingMode="PAY_PER_REQUEST",
-                            AttributeDefinitions=[{"AttributeName": KEY, "AttributeType": "S"}],
-                            KeySchema=[{"AttributeName": KEY, "KeyType": "HASH"}])
+        client.create_table(
+            TableName=TABLE,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": KEY, "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": KEY, "KeyType": "HASH"}],
+        )
         yield client
 
 
@@ -44,23 +47,26 @@ class Container:
     """One function container: its own app, memory and /tmp disk; the table is the only thing shared."""
 
     def __init__(self, settings: Settings, tmp_path: Path, name: str, loader: Any = load_llama, **update: Any) -> None:
-        self.settings = settings.model_copy(update={"cache_dir": str(tmp_path / name), "cache_table": TABLE,
-                                                    "cache_table_retry_seconds": 0, **update})
+        self.settings = settings.model_copy(
+            update={"cache_dir": str(tmp_path / name), "cache_table": TABLE, "cache_table_retry_seconds": 0, **update}
+        )
         self.app = create_app(self.settings, model=ModelHolder(self.settings, loader=loader))
         self.handler = Mangum(self.app, lifespan="off")
 
     def chat(self, prompt: str, max_tokens: int = 8) -> tuple[str, int, Any]:
-        response = self.handler(lambda_event("function-url", {"prompt": prompt, "max_tokens": max_tokens}),
-                                FakeLambdaContext())
+        response = self.handler(
+            lambda_event("function-url", {"prompt": prompt, "max_tokens": max_tokens}), FakeLambdaContext()
+        )
         return response["headers"].get("x-cache", ""), response["statusCode"], lambda_body(response)
 
     @property
     def shared(self) -> Any:
-        return self.app.state.chat.cache.shared
+        return self.app.state.chat.cache.tier("shared")
 
 
-def test_a_container_answers_from_the_table_what_another_generated(dynamodb: Any, settings: Settings,
-                                                                     tmp_path: Path) -> None:
+def test_a_container_answers_from_the_table_what_another_generated(
+    dynamodb: Any, settings: Settings, tmp_path: Path
+) -> None:
     first = Container(settings, tmp_path, "a")
     second = Container(settings, tmp_path, "b", loader=never_loads)
     source_a, status_a, body_a = first.chat("shared question")
@@ -69,7 +75,7 @@ def test_a_container_answers_from_the_table_what_another_generated(dynamodb: Any
     assert (source_b, status_b, body_b) == ("HIT-SHARED", 200, body_a)
     assert second.app.state.model.loaded is False
     assert second.chat("shared question")[0] == "HIT-MEMORY"  # promoted
-    assert second.app.state.chat.cache.disk.stats()["entries"] == 1  # and on its disk too
+    assert second.app.state.chat.cache.tier("disk").stats()["entries"] == 1  # and on its disk too
 
 
 def test_items_carry_the_entry_and_a_ttl_attribute(dynamodb: Any, settings: Settings, tmp_path: Path) -> None:
@@ -81,8 +87,9 @@ def test_items_carry_the_entry_and_a_ttl_attribute(dynamodb: Any, settings: Sett
     assert 100 < ttls[0] <= 120 and 3500 < ttls[1] <= 3600  # cache_ttl_seconds wins when shorter
 
 
-def test_config_changes_miss_the_table_as_they_miss_the_local_tiers(dynamodb: Any, settings: Settings,
-                                                                     tmp_path: Path) -> None:
+def test_config_changes_miss_the_table_as_they_miss_the_local_tiers(
+    dynamodb: Any, settings: Settings, tmp_path: Path
+) -> None:
     Container(settings, tmp_path, "a").chat("keyed")
     assert Container(settings, tmp_path, "b", system_prompt="Be terse.").chat("keyed")[0] == "MISS"
     assert Container(settings, tmp_path, "c", temperature=0.5).chat("keyed")[0] == "MISS"
@@ -118,7 +125,8 @@ class Bloated(WrappedLlama):
 
 
 def test_an_answer_over_the_item_limit_is_kept_locally_and_skipped_with_a_log_line(
-        dynamodb: Any, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    dynamodb: Any, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     container = Container(settings, tmp_path, "a", loader=lambda s: Bloated(load_llama(s)))
     with caplog.at_level(logging.INFO, logger="handler.cache.shared"):
         source, status, body = container.chat("big")
@@ -129,8 +137,9 @@ def test_an_answer_over_the_item_limit_is_kept_locally_and_skipped_with_a_log_li
     assert container.chat("big")[0] == "HIT-MEMORY"
 
 
-def test_a_missing_table_degrades_to_the_local_tiers(aws_credentials: None, settings: Settings, tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_a_missing_table_degrades_to_the_local_tiers(
+    aws_credentials: None, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with mock_aws():  # no table created
         container = Container(settings, tmp_path, "a")
         reference = Container(settings.model_copy(update={"cache_table": None}), tmp_path, "ref")
@@ -148,8 +157,9 @@ def test_a_throttled_table_degrades_then_recovers(dynamodb: Any, settings: Setti
     with Stubber(client) as stub:
         for operation in ("get_item", "put_item"):
             for _ in range(4):
-                stub.add_client_error(operation, service_error_code="ProvisionedThroughputExceededException",
-                                      http_status_code=400)
+                stub.add_client_error(
+                    operation, service_error_code="ProvisionedThroughputExceededException", http_status_code=400
+                )
         source, status, _ = container.chat("throttled")
     assert (source, status) == ("MISS", 200)
     assert container.shared.outage.degraded
@@ -169,13 +179,72 @@ def silent_endpoint() -> Iterator[str]:
 
 
 def test_a_table_that_hangs_costs_a_bounded_wait_and_the_answer_is_right(
-        aws_credentials: None, settings: Settings, tmp_path: Path, silent_endpoint: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    aws_credentials: None, settings: Settings, tmp_path: Path, silent_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", silent_endpoint)
-    container = Container(settings, tmp_path, "a", cache_table_timeout_seconds=0.2, cache_table_max_attempts=1,
-                          cache_table_retry_seconds=60)
+    container = Container(
+        settings,
+        tmp_path,
+        "a",
+        cache_table_timeout_seconds=0.2,
+        cache_table_max_attempts=1,
+        cache_table_retry_seconds=60,
+    )
     reference = Container(settings.model_copy(update={"cache_table": None}), tmp_path, "ref")
     assert container.chat("hang") == ("MISS", 200, reference.chat("hang")[2])
     assert container.shared.outage.degraded
     assert container.chat("hang again")[1] == 200  # the table is left alone meanwhile
     assert container.shared.outage.faults == 1
+
+
+def test_a_table_without_a_region_is_a_tier_fault_then_serves_once_reachable(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """botocore raises NoRegionError when the client is made: that is the table's fault, never the request's."""
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        writer = Container(settings, tmp_path, "a")
+        with caplog.at_level(logging.WARNING, logger="handler.cache.shared"):
+            source, status, body = writer.chat("no region")
+        assert (source, status) == ("MISS", 200)
+        assert writer.shared.outage.degraded
+        assert any("NoRegionError" in str(getattr(r, "error", "")) for r in caplog.records)
+
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")  # the region arrives (configuration fixed)
+        boto3.client("dynamodb").create_table(
+            TableName=TABLE,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": KEY, "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": KEY, "KeyType": "HASH"}],
+        )
+        assert writer.chat("now stored in the table")[:2] == ("MISS", 200)
+        assert not writer.shared.outage.degraded
+        reader = Container(settings, tmp_path, "b", loader=never_loads)
+        assert reader.chat("now stored in the table")[0] == "HIT-SHARED"
+        assert body == Container(settings, tmp_path, "c").chat("no region")[2]
+
+
+def test_warm_cache_counts_a_table_hit_as_success(
+    dynamodb: Any,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from handler.cli import warm_cache
+
+    Container(settings, tmp_path, "a").chat("warm me")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"model_path: {settings.model_path}\nn_ctx: {settings.n_ctx}\nn_gpu_layers: 0\n"
+        f"log_level: WARNING\ncache_table: {TABLE}\ncache_dir: {tmp_path / 'build'}\n"
+    )
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("warm me\n")
+    monkeypatch.setenv("CHAT_CONFIG", str(config))
+    assert warm_cache.main([str(prompts), "--max-tokens", "8"]) == 0
+    assert "{'HIT-SHARED': 1}" in capsys.readouterr().out

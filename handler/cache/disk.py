@@ -19,13 +19,24 @@ from typing import Any
 
 from handler.cache.entry import Entry, decode, encode
 from handler.cache.outage import Outage
+from handler.core.types import CacheSource
 
 log = logging.getLogger(__name__)
 
 
 class DiskTier:
-    def __init__(self, directory: str, size_limit: int, ttl: float | None, retry_seconds: float,
-                 seed_directory: str | None = None) -> None:
+    name = "disk"
+    source = CacheSource.HIT_DISK
+    blocking = True
+
+    def __init__(
+        self,
+        directory: str,
+        size_limit: int,
+        ttl: float | None,
+        retry_seconds: float,
+        seed_directory: str | None = None,
+    ) -> None:
         self.directory = directory
         self._seed_directory = seed_directory
         self._size_limit = size_limit
@@ -39,27 +50,25 @@ class DiskTier:
         if self._cache is not None:
             return self._cache
         with self._lock:
-            if self._cache is not None:
-                return self._cache
-            if self.outage.waiting():
-                return None
+            if self._cache is None and not self.outage.waiting():
+                self._cache = self._connect_or_fault()
+            return self._cache
+
+    def _connect_or_fault(self) -> Any:
+        """The open cache, or None after a fault; a damaged database is moved aside once and started afresh."""
+        try:
             try:
-                self._cache = self._connect()
+                cache = self._connect()
             except sqlite3.DatabaseError as exc:
                 if not _is_corrupt(exc):
-                    self._fail("open", exc)
-                    return None
+                    raise
                 self._quarantine(exc)
-                try:
-                    self._cache = self._connect()
-                except Exception as retry_exc:
-                    self._fail("open", retry_exc)
-                    return None
-            except Exception as exc:
-                self._fail("open", exc)
-                return None
-            self.outage.recovered()
-            return self._cache
+                cache = self._connect()
+        except Exception as exc:
+            self._fail("open", exc)
+            return None
+        self.outage.recovered()
+        return cache
 
     def _connect(self) -> Any:
         import diskcache
@@ -73,8 +82,10 @@ class DiskTier:
     def _quarantine(self, exc: Exception) -> None:
         database = Path(self.directory) / "cache.db"
         aside = database.with_name(f"cache.db.corrupt-{int(time.time())}")
-        log.warning("disk cache database is damaged; moved aside, starting a fresh one",
-                    extra={"cache_dir": self.directory, "error": repr(exc), "moved_to": str(aside)})
+        log.warning(
+            "disk cache database is damaged; moved aside, starting a fresh one",
+            extra={"cache_dir": self.directory, "error": repr(exc), "moved_to": str(aside)},
+        )
         for suffix in ("", "-wal", "-shm"):
             part = Path(str(database) + suffix)
             if part.exists():
@@ -133,8 +144,20 @@ class DiskTier:
                 entries, size = len(cache), cache.volume()
             except Exception as exc:
                 self._fail("stat", exc)
-        return {"enabled": True, "degraded": self.outage.degraded, "entries": entries, "bytes": size,
-                "hits": self.hits, "faults": self.outage.faults}
+        return {
+            "enabled": True,
+            "degraded": self.outage.degraded,
+            "entries": entries,
+            "bytes": size,
+            "hits": self.hits,
+            "faults": self.outage.faults,
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            cache, self._cache = self._cache, None
+        if cache is not None:
+            cache.close()
 
 
 def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import TypeVar
 
-from handler.model import Completion
+from handler.core.types import Completion, FinishReason
 
 SCHEMA_VERSION = 1
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,16 +53,17 @@ def decode(key: str, raw: object) -> Entry | None:
             return None
         completion = Completion(
             text=_typed(data["text"], str),
-            finish_reason=_typed(data["finish_reason"], str),
+            finish_reason=FinishReason(_typed(data["finish_reason"], str)),
             prompt_tokens=_typed(data["prompt_tokens"], int),
             completion_tokens=_typed(data["completion_tokens"], int),
         )
-        return Entry(completion, float(_typed(data["created"], int | float)))
+        created = data["created"]
+        return Entry(completion, float(created if isinstance(created, float) else _typed(created, int)))
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def _typed(value: object, kind: type | object) -> object:
-    if not isinstance(value, kind) or isinstance(value, bool):  # type: ignore[arg-type]
+def _typed(value: object, kind: type[T]) -> T:
+    if not isinstance(value, kind) or isinstance(value, bool):
         raise TypeError(f"unexpected {type(value).__name__}")
     return value

@@ -1,6 +1,6 @@
 """Cache keys: a strong hash over a canonical encoding of everything that decides an answer.
 
-The model takes part through its identity (`handler.model_source`), not its path.
+The model takes part through its identity (`handler.engine.model_source`), not its path.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from handler.cache.entry import SCHEMA_VERSION
-from handler.model import SamplingParams
+from handler.core.types import SamplingParams
 
 
 def cache_key(kind: str, model: str, prompt: str, params: SamplingParams, n_ctx: int) -> str:

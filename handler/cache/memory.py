@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from cachetools import LRUCache
 
 from handler.cache.entry import Entry
+from handler.core.types import CacheSource
 
 
 class MemoryTier:
+    name = "memory"
+    source = CacheSource.HIT_MEMORY
+    blocking = False  # a dict lookup under a lock: cheap enough for the event loop
+    outage = None  # it cannot fail
+
     def __init__(self, max_entries: int, ttl: float | None) -> None:
         self._entries: LRUCache[str, Entry] | None = LRUCache(max_entries) if max_entries > 0 else None
         self._ttl = ttl
         self._lock = threading.Lock()  # cachetools is not thread-safe; stores come from worker threads
         self.hits = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self._entries is not None
 
     def get(self, key: str) -> Entry | None:
         if self._entries is None:
@@ -40,3 +43,9 @@ class MemoryTier:
 
     def __len__(self) -> int:
         return 0 if self._entries is None else len(self._entries)
+
+    def stats(self) -> dict[str, Any]:
+        return {"enabled": self._entries is not None, "entries": len(self), "hits": self.hits}
+
+    def close(self) -> None:
+        pass

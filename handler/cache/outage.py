@@ -13,8 +13,9 @@ from typing import Any
 
 
 class Outage:
-    def __init__(self, tier: str, fallback: str, retry_seconds: float, log: logging.Logger,
-                 context: dict[str, Any]) -> None:
+    def __init__(
+        self, tier: str, fallback: str, retry_seconds: float, log: logging.Logger, context: dict[str, Any]
+    ) -> None:
         self.tier = tier  # "disk cache", "shared cache"
         self.fallback = fallback  # what answers meanwhile, for the warning
         self.retry_seconds = retry_seconds
@@ -34,8 +35,13 @@ class Outage:
     def fault(self, action: str, exc: BaseException) -> None:
         self.faults += 1
         if self._since is None:
-            self.log.warning("%s %s failed; answering from %s until it recovers", self.tier, action, self.fallback,
-                             extra={**self.context, "error": repr(exc), "retry_s": self.retry_seconds})
+            self.log.warning(
+                "%s %s failed; answering from %s until it recovers",
+                self.tier,
+                action,
+                self.fallback,
+                extra={**self.context, "error": repr(exc), "retry_s": self.retry_seconds},
+            )
         self._since = time.monotonic()
 
     def recovered(self) -> None:

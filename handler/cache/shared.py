@@ -19,6 +19,7 @@ from typing import Any
 
 from handler.cache.entry import Entry, decode, encode
 from handler.cache.outage import Outage
+from handler.core.types import CacheSource
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,20 @@ KEY, ENTRY, EXPIRES = "key", "entry", "expires_at"
 
 
 class SharedTier:
-    def __init__(self, table: str, ttl: float, timeout: float, max_attempts: int, write_wait: float,
-                 retry_seconds: float, local_ttl: float | None = None) -> None:
+    name = "shared"
+    source = CacheSource.HIT_SHARED
+    blocking = True
+
+    def __init__(
+        self,
+        table: str,
+        ttl: float,
+        timeout: float,
+        max_attempts: int,
+        write_wait: float,
+        retry_seconds: float,
+        local_ttl: float | None = None,
+    ) -> None:
         self.table = table
         self._local_ttl = local_ttl  # cache_ttl_seconds: an older entry is never served, wherever it is
         self._ttl = min(ttl, local_ttl) if local_ttl else ttl  # how long the table keeps an item (its TTL attribute)
@@ -49,14 +62,25 @@ class SharedTier:
             if self.outage.waiting():
                 return None
             if self._client is None:
-                import boto3
-                from botocore.config import Config
-
-                self._client = boto3.client("dynamodb", config=Config(
-                    connect_timeout=self._timeout, read_timeout=self._timeout,
-                    retries={"mode": "standard", "total_max_attempts": self._max_attempts},
-                ))
+                try:  # no region, no credentials config, no boto3: a fault of the tier, never of the request
+                    self._client = self._make_client()
+                except Exception as exc:
+                    self.outage.fault("connect", exc)
+                    return None
             return self._client
+
+    def _make_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "dynamodb",
+            config=Config(
+                connect_timeout=self._timeout,
+                read_timeout=self._timeout,
+                retries={"mode": "standard", "total_max_attempts": self._max_attempts},
+            ),
+        )
 
     def get(self, key: str) -> Entry | None:
         """Blocking: one GetItem, bounded by the timeout and the retry config."""
@@ -88,8 +112,10 @@ class SharedTier:
         size = len(KEY) + len(key) + len(ENTRY) + len(raw) + len(EXPIRES) + 21  # a number takes up to 21 bytes
         if size > ITEM_LIMIT:
             self.skipped_oversize += 1
-            log.info("answer too large for the shared cache; kept locally only",
-                     extra={"table": self.table, "item_bytes": size, "limit_bytes": ITEM_LIMIT})
+            log.info(
+                "answer too large for the shared cache; kept locally only",
+                extra={"table": self.table, "item_bytes": size, "limit_bytes": ITEM_LIMIT},
+            )
             return
         future = self._writer.submit(self._write, key, raw, entry.created)
         try:
@@ -103,9 +129,14 @@ class SharedTier:
             return
         expires = int(created + self._ttl)
         try:
-            client.put_item(TableName=self.table, Item={
-                KEY: {"S": key}, ENTRY: {"B": raw}, EXPIRES: {"N": str(expires)},
-            })
+            client.put_item(
+                TableName=self.table,
+                Item={
+                    KEY: {"S": key},
+                    ENTRY: {"B": raw},
+                    EXPIRES: {"N": str(expires)},
+                },
+            )
         except Exception as exc:
             self.outage.fault("write", exc)
             return
@@ -113,5 +144,15 @@ class SharedTier:
         self.writes += 1
 
     def stats(self) -> dict[str, Any]:
-        return {"enabled": True, "table": self.table, "degraded": self.outage.degraded, "hits": self.hits,
-                "writes": self.writes, "faults": self.outage.faults, "skipped_oversize": self.skipped_oversize}
+        return {
+            "enabled": True,
+            "table": self.table,
+            "degraded": self.outage.degraded,
+            "hits": self.hits,
+            "writes": self.writes,
+            "faults": self.outage.faults,
+            "skipped_oversize": self.skipped_oversize,
+        }
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)  # a write on its way lands before the process ends

@@ -1,0 +1,213 @@
+"""The OpenAI-compatible API: `/v1/models`, `/v1/completions`, `/v1/chat/completions`.
+
+Same model, same cache and same limits as `/chat`; requests and answers in OpenAI's shapes, so the
+OpenAI client (and whatever is built on it) works unchanged against this service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from handler.api.common import log_answer, remaining_ms
+from handler.api.deps import ChatServiceDep
+from handler.api.openai_schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    OpenAIRequest,
+    Usage,
+)
+from handler.api.schemas import ErrorResponse
+from handler.api.sse import ChunkBuilder, events, sse_response
+from handler.cache.policy import cache_policy
+from handler.core.errors import NotFound
+from handler.core.types import ChatMessage, Completion, FinishReason, Prompt, SamplingParams
+from handler.service.chat_service import ChatService
+from handler.service.prompts import chat_prompt
+
+router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid or unsupported parameters; `param` names the field."},
+    401: {"model": ErrorResponse, "description": "API keys are configured and none valid was sent."},
+    404: {"model": ErrorResponse, "description": "`model` is not the model this service serves."},
+    429: {"model": ErrorResponse, "description": "Too many distinct generations pending; see Retry-After."},
+    503: {"model": ErrorResponse, "description": "The model cannot be loaded right now."},
+}
+STARTED = int(time.time())
+R = TypeVar("R")
+
+
+def model_card(service: ChatService) -> ModelCard:
+    return ModelCard(id=service.settings.served_model, created=STARTED)
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(service: ChatServiceDep) -> ModelList:
+    return ModelList(data=[model_card(service)])
+
+
+@router.get("/models/{model_id:path}", response_model=ModelCard, responses={404: ERRORS[404]})
+async def get_model(model_id: str, service: ChatServiceDep) -> ModelCard:
+    check_model(service, model_id)
+    return model_card(service)
+
+
+def check_model(service: ChatService, model: str) -> None:
+    if model != service.settings.served_model:
+        raise NotFound(
+            f"The model `{model}` is not served here; this service serves "
+            f"`{service.settings.served_model}` (GET /v1/models).",
+            param="model",
+        )
+
+
+def sampling(service: ChatService, body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
+    """The request's own values over the service's defaults; its stop strings replace config's."""
+    check_model(service, body.model)
+    body.unsupported()
+    params = service.sampling(max_tokens)
+    overrides = {
+        name: getattr(body, name)
+        for name in (
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "repeat_penalty",
+            "seed",
+            "frequency_penalty",
+            "presence_penalty",
+        )
+    }
+    return dataclasses.replace(
+        params, stop=tuple(body.stop or ()), **{name: value for name, value in overrides.items() if value is not None}
+    )
+
+
+def openai_finish_reason(completion: Completion) -> str:
+    """OpenAI knows `stop` and `length`; a generation cut by the deadline is `length` (truncated), and
+    the `X-Finish-Reason` header says `time_limit`."""
+    return "length" if completion.finish_reason == FinishReason.TIME_LIMIT else completion.finish_reason.value
+
+
+def usage(completion: Completion) -> Usage:
+    return Usage(
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        total_tokens=completion.prompt_tokens + completion.completion_tokens,
+    )
+
+
+async def respond(
+    request: Request,
+    response: Response,
+    service: ChatService,
+    body: OpenAIRequest,
+    prompt: Prompt,
+    params: SamplingParams,
+    logged_prompt: str,
+    build: Callable[[Completion], R],
+    chunk: ChunkBuilder,
+) -> R | StreamingResponse:
+    """Answer whole, or as server-sent events when the request asks to stream."""
+    policy = cache_policy(request.headers.get("cache-control"), body.cache)
+    deadline = service.deadline(remaining_ms(request))
+    if not body.stream:
+        answer = await service.answer(prompt, params, policy, deadline)
+        response.headers["X-Cache"] = answer.source
+        response.headers["X-Finish-Reason"] = answer.completion.finish_reason
+        log_answer(request, answer.source, answer.completion, logged_prompt, shared=answer.shared)
+        return build(answer.completion)
+
+    stream = await service.stream(prompt, params, policy, deadline)
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+
+    def usage_chunk(completion: Completion) -> dict[str, Any]:
+        return {**chunk(None, None), "choices": [], "usage": usage(completion).model_dump()}
+
+    def finished(completion: Completion) -> None:
+        log_answer(request, stream.source, completion, logged_prompt, stream=True)
+
+    body_events = events(stream, chunk, openai_finish_reason, usage_chunk if include_usage else None, finished)
+    return sse_response(body_events, {"X-Cache": stream.source})
+
+
+def response_id(request: Request, prefix: str) -> str:
+    return f"{prefix}-{request.state.request_id}"
+
+
+@router.post("/completions", response_model=CompletionResponse, responses=ERRORS)
+async def completions(
+    body: CompletionRequest, request: Request, response: Response, service: ChatServiceDep
+) -> CompletionResponse | StreamingResponse:
+    """A raw completion of `prompt`: no system prompt, no template, only the request's stop strings."""
+    assert isinstance(body.prompt, str)  # the validator made it one string
+    service.check_prompt(body.prompt)
+    params = sampling(service, body, body.max_tokens)
+    rid, created, model = response_id(request, "cmpl"), int(time.time()), service.settings.served_model
+
+    def build(completion: Completion) -> CompletionResponse:
+        return CompletionResponse(
+            id=rid,
+            created=created,
+            model=model,
+            usage=usage(completion),
+            choices=[CompletionChoice(text=completion.text, finish_reason=openai_finish_reason(completion))],
+        )
+
+    def chunk(text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
+
+    return await respond(request, response, service, body, body.prompt, params, body.prompt, build, chunk)
+
+
+@router.post("/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, response: Response, service: ChatServiceDep
+) -> ChatCompletionResponse | StreamingResponse:
+    """Messages formatted by the model's own chat template (GGUF metadata), or by the config's
+    System/Human/Assistant template when the model has none."""
+    messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
+    prompt = chat_prompt(service.settings, messages)
+    service.check_prompt(prompt.fallback)
+    params = sampling(service, body, body.max_completion_tokens or body.max_tokens)
+    rid, created, model = response_id(request, "chatcmpl"), int(time.time()), service.settings.served_model
+
+    def build(completion: Completion) -> ChatCompletionResponse:
+        return ChatCompletionResponse(
+            id=rid,
+            created=created,
+            model=model,
+            usage=usage(completion),
+            choices=[
+                ChatChoice(
+                    message=AssistantMessage(content=completion.text), finish_reason=openai_finish_reason(completion)
+                )
+            ],
+        )
+
+    first = True
+
+    def chunk(text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        nonlocal first
+        delta: dict[str, Any] = {} if text is None else {"content": text}
+        if first and text is not None:
+            delta["role"], first = "assistant", False
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]}
+
+    return await respond(request, response, service, body, prompt, params, messages[-1].content, build, chunk)

@@ -1,0 +1,62 @@
+"""Server-sent events for a streamed answer, as OpenAI streams them: chunks, then `data: [DONE]`.
+
+Under uvicorn each piece leaves as the model writes it. Under Mangum the same events arrive in
+one response, since a function returns its body whole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.responses import StreamingResponse
+
+from handler.core.errors import ServiceError
+from handler.core.types import Completion
+from handler.service.answer_stream import AnswerStream
+
+log = logging.getLogger(__name__)
+
+# A piece of text, or None with the finish reason for the last chunk: one chunk's body.
+ChunkBuilder = Callable[[str | None, str | None], dict[str, Any]]
+Finished = Callable[[Completion], None]
+
+
+def event(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def events(
+    stream: AnswerStream,
+    chunk: ChunkBuilder,
+    finish_reason: Callable[[Completion], str],
+    usage_chunk: Callable[[Completion], dict[str, Any]] | None,
+    finished: Finished,
+) -> AsyncIterator[str]:
+    """The events of one answer. However it ends (done, failed, or the client gone, which cancels this
+    generator), the generation is told to stop, so the model is free for the next request."""
+    try:
+        async for piece in stream:
+            yield event(chunk(piece, None))
+        completion = stream.completion
+        assert completion is not None
+        yield event(chunk(None, finish_reason(completion)))
+        if usage_chunk is not None:
+            yield event(usage_chunk(completion))
+        finished(completion)
+        yield event("[DONE]")
+    except ServiceError as exc:  # after the 200 went out: the error travels as an event, as OpenAI sends it
+        log.error("%s while streaming: %s", exc.error_type, exc.cause)
+        yield event({"error": {"type": exc.error_type, "message": exc.public_message}})
+    finally:
+        stream.cancel()
+
+
+def sse_response(body: AsyncIterator[str], headers: dict[str, str]) -> StreamingResponse:
+    return StreamingResponse(
+        body,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
+    )

@@ -1,0 +1,96 @@
+"""The tiers in order, fastest first: a hit in a slower tier is promoted to the faster ones, and
+every store goes to every tier."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from handler.cache.disk import DiskTier
+from handler.cache.entry import Entry
+from handler.cache.memory import MemoryTier
+from handler.cache.shared import SharedTier
+from handler.cache.tier import Tier
+from handler.core.config import Settings
+from handler.core.types import CacheSource, Completion
+
+
+def configured_tiers(settings: Settings) -> list[Tier]:
+    """Memory, then disk, then (when configured) the fleet's shared table."""
+    tiers: list[Tier] = [MemoryTier(settings.cache_memory_entries, settings.cache_ttl_seconds)]
+    if settings.cache_dir:
+        tiers.append(
+            DiskTier(
+                settings.cache_dir,
+                settings.cache_disk_bytes,
+                settings.cache_ttl_seconds,
+                settings.cache_disk_retry_seconds,
+                settings.cache_seed_dir,
+            )
+        )
+    if settings.cache_table:
+        tiers.append(
+            SharedTier(
+                settings.cache_table,
+                settings.cache_table_ttl_seconds,
+                settings.cache_table_timeout_seconds,
+                settings.cache_table_max_attempts,
+                settings.cache_table_write_wait_seconds,
+                settings.cache_table_retry_seconds,
+                settings.cache_ttl_seconds,
+            )
+        )
+    return tiers
+
+
+class ResponseCache:
+    def __init__(self, tiers: list[Tier]) -> None:
+        self.tiers = tiers
+        self.misses = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ResponseCache:
+        return cls(configured_tiers(settings))
+
+    def tier(self, name: str) -> Tier | None:
+        return next((t for t in self.tiers if t.name == name), None)
+
+    def get_fast(self, key: str) -> tuple[Completion, CacheSource] | None:
+        """The leading tiers that are cheap enough to read on the event loop."""
+        return self._walk(key, blocking=False)
+
+    def get_slow(self, key: str) -> tuple[Completion, CacheSource] | None:
+        """The blocking tiers. Call from a worker thread."""
+        return self._walk(key, blocking=True)
+
+    def _walk(self, key: str, blocking: bool) -> tuple[Completion, CacheSource] | None:
+        for index, tier in enumerate(self.tiers):
+            if tier.blocking != blocking:
+                continue
+            entry = tier.get(key)
+            if entry is not None:
+                for faster in self.tiers[:index]:
+                    faster.put(key, entry)
+                return entry.completion, tier.source
+        return None
+
+    def put(self, key: str, completion: Completion) -> None:
+        """Blocking: call from a worker thread. Only finished answers come here."""
+        # What it cost to make is this request's, not the answer's: a hit made nothing.
+        stored = dataclasses.replace(completion, generation_seconds=0.0, load_seconds=None)
+        entry = Entry(stored, time.time())
+        for tier in self.tiers:
+            tier.put(key, entry)
+
+    @property
+    def faults(self) -> int:
+        return sum(tier.outage.faults for tier in self.tiers if tier.outage is not None)
+
+    def stats(self) -> dict[str, Any]:
+        """Blocking when a tier must count (the disk counts entries in SQLite)."""
+        return {**{tier.name: tier.stats() for tier in self.tiers}, "misses": self.misses}
+
+    def close(self) -> None:
+        for tier in self.tiers:
+            tier.close()

@@ -1,0 +1,1 @@
+"""Command-line tools: assemble the default model, warm the cache."""

@@ -1,0 +1,297 @@
+"""Service settings: `config.yaml` as the base, environment variables on top.
+
+Functions are configured through their environment, so every key of the file can be
+overridden by `CHAT_<KEY>` (for example `CHAT_N_CTX=4096`), and the file itself is
+found through `CHAT_CONFIG`. Everything is validated once, at start-up, and a bad
+setting is reported as one message that names the file (or variable) and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from handler.core.types import SamplingParams
+
+ENV_PREFIX = "CHAT_"
+CONFIG_ENV = "CHAT_CONFIG"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
+TEMPLATE_FIELDS = frozenset({"system_prompt", "prompt"})
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why."""
+
+
+class Settings(BaseModel):
+    """Everything the service reads from `config.yaml`; each field is one key of the file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Model
+    model_path: str = Field(
+        "models/gemma-3-270m-q4_k_m.gguf",
+        description="GGUF file to serve: a path (relative to the config file's folder) or s3://bucket/key.",
+    )
+    model_download_dir: str = Field(
+        "/tmp/models", description="Where an s3:// model is downloaded, once per container (ephemeral disk)."
+    )
+    model_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Known sha256 of the model file. When set it is the model's identity in cache keys, "
+        "so a cold container never reads the file to fingerprint it.",
+    )
+    model_name: str | None = Field(
+        None,
+        min_length=1,
+        description="The model's id in /v1/models, which OpenAI clients send as `model`; the model file's "
+        "name without .gguf when unset.",
+    )
+    n_gpu_layers: int = Field(50, ge=-1, description="Layers offloaded to the GPU; ignored without one.")
+    n_ctx: int = Field(2048, ge=64, le=131072, description="Context window in tokens.")
+    n_batch: int = Field(512, ge=1, description="Prompt tokens evaluated per batch.")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads; all usable cores when unset.")
+    use_mmap: bool = Field(
+        True,
+        description="Map the model file instead of reading it into memory: faster to load, but a file "
+        "overwritten in place while loaded can crash the process; replace model files by rename, or set false.",
+    )
+
+    # Prompt
+    system_prompt: str = Field("Answer in rhymes!", description="Fills {system_prompt} in the template.")
+    prompt_template: str = Field(
+        "System: {system_prompt}\n\nHuman: {prompt}\n\nAssistant:",
+        description="How a request becomes the model's prompt; must contain {prompt}.",
+    )
+    stop: list[str] = Field(["Human:"], description="Generation stops before any of these strings.")
+
+    # Generation defaults
+    max_tokens_default: int = Field(100, ge=1, description="max_tokens when a request leaves it out.")
+    max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for.")
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="0 is greedy: deterministic, so a cached answer is the answer."
+    )
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(40, ge=0)
+    min_p: float = Field(0.05, ge=0.0, le=1.0)
+    repeat_penalty: float = Field(1.0, gt=0.0)
+    seed: int = Field(0, ge=0, description="Sampling seed, for temperature above 0.")
+
+    # Response cache
+    cache_memory_entries: int = Field(1024, ge=0, description="Answers kept in memory (LRU); 0 turns the tier off.")
+    cache_dir: str | None = Field(
+        "/tmp/llm-chat-cache",
+        description="Disk cache folder (in a function only /tmp is writable); empty or null turns the tier off.",
+    )
+    cache_seed_dir: str | None = Field(
+        None,
+        description="A warmed cache folder shipped in the image (read-only there); copied into cache_dir "
+        "when cache_dir has no cache yet, so a cold container starts with a warm disk tier.",
+    )
+    cache_disk_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, description="Disk cache size limit.")
+    cache_ttl_seconds: float | None = Field(None, gt=0, description="Answers older than this are not served.")
+    cache_disk_retry_seconds: float = Field(
+        30.0, ge=0, description="After a disk fault, how long the service runs memory-only before retrying."
+    )
+    cache_table: str | None = Field(
+        None,
+        min_length=3,
+        max_length=255,
+        description="A DynamoDB table that every container shares, behind memory and disk; off when unset.",
+    )
+    cache_table_ttl_seconds: float = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="How long the table keeps an answer (its TTL attribute); cache_ttl_seconds, when shorter, wins.",
+    )
+    cache_table_timeout_seconds: float = Field(0.5, gt=0, le=10, description="Connect and read timeout per call.")
+    cache_table_max_attempts: int = Field(2, ge=1, le=10, description="Attempts per call, retries included.")
+    cache_table_write_wait_seconds: float = Field(
+        0.2, ge=0, le=5, description="Longest a response waits for its answer's write to the table."
+    )
+    cache_table_retry_seconds: float = Field(
+        30.0, ge=0, description="After a table fault, how long the service leaves the table alone."
+    )
+
+    generation_timeout_seconds: float | None = Field(
+        50.0,
+        gt=0,
+        description="A generation still running after this long stops, and its answer says so "
+        "(finish_reason time_limit); in a function the invocation's remaining time, less 2 s, also bounds it.",
+    )
+
+    max_pending_generations: int = Field(
+        16,
+        ge=1,
+        description="Distinct generations queued or running at once; a new one beyond gets a 429. "
+        "Requests identical to one in flight join it and are never refused.",
+    )
+
+    # Input limits
+    max_body_bytes: int = Field(65536, ge=1024, description="Largest request body; larger ones get a 413.")
+    max_prompt_chars: int = Field(16000, ge=1, description="Longest prompt, in characters; longer ones get a 400.")
+
+    # Access
+    api_keys: list[str] = Field(
+        [], description="Keys accepted in `Authorization: Bearer <key>` or `X-API-Key`; none means open access."
+    )
+    api_keys_secret_id: str | None = Field(
+        None,
+        description="AWS Secrets Manager secret (name or ARN) holding more keys: a JSON list or one key per line. "
+        "Read once per container, on the first request that needs it.",
+    )
+
+    # Service
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics: Literal["auto", "emf", "prometheus", "off"] = Field(
+        "auto", description="auto: CloudWatch EMF in the log line inside AWS Lambda, Prometheus /metrics elsewhere."
+    )
+    log_prompts: bool = Field(
+        False, description="Put prompt and answer text in the request log line. Off: logs carry no user text."
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_fields(cls, template: str) -> str:
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
+        unknown = names - TEMPLATE_FIELDS
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {sorted(unknown)}; use {{system_prompt}} and {{prompt}}")
+        if "prompt" not in names:
+            raise ValueError("must contain {prompt}")
+        return template
+
+    def sampling(self, max_tokens: int) -> SamplingParams:
+        """The configured sampling, for `max_tokens` tokens."""
+        return SamplingParams(
+            max_tokens=max_tokens,
+            stop=tuple(self.stop),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            seed=self.seed,
+        )
+
+    @property
+    def served_model(self) -> str:
+        return self.model_name or self.model_path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf")
+
+    @field_validator("model_path")
+    @classmethod
+    def _local_or_s3(cls, path: str) -> str:
+        if "://" in path:
+            bucket, _, key = path.removeprefix("s3://").partition("/")
+            if not path.startswith("s3://") or not bucket or not key:
+                raise ValueError("must be a local path or an s3://bucket/key URI")
+        return path
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_long_enough(cls, keys: list[str]) -> list[str]:
+        if any(len(key) < 16 for key in keys):
+            raise ValueError("each API key must be at least 16 characters")
+        return keys
+
+    @field_validator("stop")
+    @classmethod
+    def _non_empty_stops(cls, stop: list[str]) -> list[str]:
+        if any(not s for s in stop):
+            raise ValueError("stop strings must not be empty")
+        return stop
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the config file, apply `CHAT_*` overrides, validate; raise ConfigError on any problem."""
+    environ = os.environ if environ is None else environ
+    config_path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG).resolve()
+    values = _read_file(config_path)
+    origins = {key: f"{config_path}: field '{key}'" for key in values}
+    for key, raw in _env_overrides(environ).items():
+        values[key] = raw
+        origins[key] = f"environment variable {ENV_PREFIX}{key.upper()}"
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config_path, origins)) from None
+    return _resolve_paths(settings, config_path.parent)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path} not found (set {CONFIG_ENV} to point at another one)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Config file {path} cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must be a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`CHAT_<KEY>` values, parsed as YAML scalars or lists except for text fields."""
+    overrides: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        if field.annotation is str:
+            overrides[name] = raw
+        elif field.annotation == str | None:
+            overrides[name] = raw or None  # an empty variable clears the file's value
+        else:
+            try:
+                overrides[name] = None if raw == "" else yaml.safe_load(raw)
+            except yaml.YAMLError:
+                overrides[name] = raw  # let validation report it with the field's name
+    return overrides
+
+
+def _describe(exc: ValidationError, path: Path, origins: dict[str, str]) -> str:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        key = str(error["loc"][0]) if error["loc"] else "?"
+        where = origins.get(key, f"{path}: field '{key}'")
+        if error["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(key, Settings.model_fields, n=1)
+            problems.append(f"{path}: unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+        else:
+            sub = "".join(f"[{part}]" for part in error["loc"][1:])
+            problems.append(f"{where}{sub}: {error['msg']}")
+    return "Invalid configuration: " + "; ".join(problems)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    updates: dict[str, Any] = {}
+    if not _is_uri(settings.model_path) and not os.path.isabs(settings.model_path):
+        updates["model_path"] = str(base / settings.model_path)
+    for key in ("cache_dir", "cache_seed_dir"):
+        folder = getattr(settings, key)
+        if not folder:
+            updates[key] = None
+        elif not os.path.isabs(folder):
+            updates[key] = str(base / folder)
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path

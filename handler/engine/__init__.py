@@ -1,0 +1,1 @@
+"""The llama.cpp layer: where the model comes from, loading it, and generating on its one thread."""

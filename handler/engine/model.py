@@ -1,0 +1,227 @@
+"""The one object that owns the loaded model: lazy load, one generation at a time, on one thread.
+
+llama.cpp contexts are not thread-safe, and its CPU backend (OpenMP) keeps a pool of workers for
+every thread that calls it: a second pool oversubscribes the cores and slows every token. So the load and every
+generation run on a single thread of the holder's own, which also serializes them: requests that
+arrive together before the model is loaded queue there, the first loads it, the rest find it
+loaded. A failed load leaves nothing behind, so the next request tries again instead of the
+container staying broken.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from handler.core.config import Settings
+from handler.core.errors import ContextOverflow, GenerationFailed, ModelUnavailable
+from handler.core.types import ChatPrompt, Completion, FinishReason, Prompt, SamplingParams
+from handler.engine.chat_format import ChatTemplate
+from handler.engine.model_source import ModelSource, model_source
+from handler.engine.text_stream import TextStream
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+log = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+
+
+Loader = Callable[[Settings], "Llama"]
+
+
+class StopSignal:
+    """A llama-cpp-python stopping criterion, checked after every token: stop once past the deadline,
+    once the caller has gone, or at `max_tokens`, which llama-cpp-python itself does not check while
+    the text ends inside a UTF-8 character: a model emitting broken bytes ran past it up to the end
+    of the context, where llama.cpp failed. It is also where a streamed answer sees each new token."""
+
+    def __init__(
+        self, deadline: float | None, cancelled: threading.Event | None, prompt_tokens: int, max_tokens: int
+    ) -> None:
+        self.deadline = deadline
+        self.cancelled = cancelled
+        self.token_limit = prompt_tokens + max_tokens
+        self.reason: FinishReason | None = None
+        self.stream: TextStream | None = None
+
+    def __call__(self, input_ids: Any, logits: Any) -> bool:
+        """`input_ids`: the prompt and the tokens generated so far (the newest is not among them yet)."""
+        if self.stream is not None:
+            self.stream.feed(input_ids)
+        if self.cancelled is not None and self.cancelled.is_set():
+            self.reason = FinishReason.CANCELLED
+        elif self.deadline is not None and time.monotonic() >= self.deadline:
+            self.reason = FinishReason.TIME_LIMIT
+        elif len(input_ids) >= self.token_limit:
+            self.reason = FinishReason.LENGTH
+        return self.reason is not None
+
+
+def check_gguf(path: str) -> None:
+    """Fail with a readable cause before llama.cpp does with a vague one."""
+    file = Path(path)
+    if not file.is_file():
+        raise ModelUnavailable(f"model file {path} does not exist")
+    with file.open("rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelUnavailable(f"model file {path} is not a GGUF file (starts with {magic!r})")
+
+
+def usable_cores() -> int:
+    """All the cores this process may use: llama-cpp-python's default is half, which leaves a
+    function's cores idle (the README has the figures)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def load_llama(settings: Settings) -> Llama:
+    """Load the GGUF with llama-cpp-python; imported here so that importing the service stays cheap."""
+    check_gguf(settings.model_path)
+    from llama_cpp import Llama
+
+    threads = settings.n_threads or usable_cores()
+    try:
+        return Llama(
+            model_path=settings.model_path,
+            n_gpu_layers=settings.n_gpu_layers,
+            n_ctx=settings.n_ctx,
+            n_batch=settings.n_batch,
+            n_threads=threads,
+            n_threads_batch=threads,
+            use_mmap=settings.use_mmap,
+            seed=settings.seed,
+            verbose=False,
+        )
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ModelUnavailable(f"llama.cpp could not load {settings.model_path}: {exc}") from exc
+
+
+class ModelHolder:
+    """Owns the model of one container; `complete` blocks its caller (a worker thread) while the
+    holder's own thread does the work."""
+
+    def __init__(self, settings: Settings, loader: Loader = load_llama, source: ModelSource | None = None) -> None:
+        self.settings = settings
+        self.source = source or model_source(settings)
+        self._loader = loader
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._llama: Any = None
+        self._template: ChatTemplate | None = None
+        self._has_template: bool | None = None  # known once the model is loaded
+        self.load_seconds: float | None = None
+        self.generations = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self._llama is not None
+
+    def _ensure_loaded(self) -> Any:
+        """On failure nothing is kept, so a later call retries."""
+        if self._llama is None:
+            started = time.perf_counter()
+            try:
+                local = self.settings.model_copy(update={"model_path": self.source.local_path()})
+                llama = self._loader(local)
+            except ModelUnavailable:
+                raise
+            except Exception as exc:  # an unexpected loader fault is still "unavailable", never fatal
+                raise ModelUnavailable(f"loading {self.settings.model_path} failed: {exc!r}") from exc
+            self.load_seconds = time.perf_counter() - started
+            log.info("model loaded", extra={"model_path": self.settings.model_path, "load_s": self.load_seconds})
+            self._llama = llama
+            self._template = None
+            self._has_template = None
+        return self._llama
+
+    def complete(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        deadline: float | None = None,
+        *,
+        cancelled: threading.Event | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Completion:
+        """Generate one answer, stopping at `deadline` (time.monotonic()) with finish_reason time_limit,
+        or once `cancelled` is set. With `on_text`, the text is streamed to it piece by piece.
+
+        Raises ModelUnavailable, ContextOverflow, BadRequest (messages the chat template refuses) or
+        GenerationFailed.
+        """
+        return self._thread.submit(
+            contextvars.copy_context().run, self._complete, prompt, params, deadline, cancelled, on_text
+        ).result()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        llama, self._llama = self._llama, None
+        if llama is not None and hasattr(llama, "close"):
+            llama.close()
+
+    def _complete(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        deadline: float | None,
+        cancelled: threading.Event | None,
+        on_text: Callable[[str], None] | None,
+    ) -> Completion:
+        loaded_before = self._llama is not None
+        llama = self._ensure_loaded()
+        load_seconds = None if loaded_before else self.load_seconds
+        tokens, stop = self._prepare(llama, prompt, params)
+        if len(tokens) + params.max_tokens > self.settings.n_ctx:
+            raise ContextOverflow(len(tokens), params.max_tokens, self.settings.n_ctx)
+        if cancelled is not None and cancelled.is_set():  # gone while waiting for the model
+            return Completion("", FinishReason.CANCELLED, len(tokens), 0)
+        signal = StopSignal(deadline, cancelled, len(tokens), params.max_tokens)
+        if on_text is not None:
+            signal.stream = TextStream(llama, len(tokens), stop, on_text)
+        started = time.perf_counter()
+        try:
+            # SamplingParams' fields are create_completion's own keyword names: nothing to map, nothing to drift.
+            out = llama.create_completion(
+                **{**asdict(params), "prompt": tokens, "stop": stop, "stopping_criteria": signal}
+            )
+        except Exception as exc:
+            raise GenerationFailed(f"llama.cpp generation failed: {exc!r}") from exc
+        self.generations += 1
+        generation_seconds = time.perf_counter() - started
+        choice, usage = out["choices"][0], out.get("usage") or {}
+        if signal.stream is not None:
+            signal.stream.finish(choice["text"])
+        return Completion(
+            text=choice["text"],
+            finish_reason=signal.reason or FinishReason(choice.get("finish_reason") or "stop"),
+            prompt_tokens=int(usage.get("prompt_tokens", len(tokens))),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            generation_seconds=generation_seconds,
+            load_seconds=load_seconds,
+        )
+
+    def _prepare(self, llama: Any, prompt: Prompt, params: SamplingParams) -> tuple[list[int], list[str]]:
+        """The model's input as tokens (tokenized as create_completion tokenizes a string) and the stop strings."""
+        stop = list(params.stop)
+        if isinstance(prompt, ChatPrompt):
+            if self._has_template is None:
+                self._template = ChatTemplate.of(llama)
+                self._has_template = self._template is not None
+            if self._template is not None:
+                rendered = self._template.render(prompt.messages)
+                return rendered.tokens, stop + list(rendered.stop)
+            stop += [s for s in prompt.fallback_stop if s not in stop]
+            prompt = prompt.fallback
+        return llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True), stop

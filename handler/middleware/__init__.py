@@ -1,0 +1,1 @@
+"""ASGI middleware: request id and log line, API keys, body size limit."""

@@ -1,0 +1,119 @@
+"""Optional API-key access: off unless keys are configured; `/health` and the docs stay open.
+
+Keys come from config (`api_keys`, or `CHAT_API_KEYS='["..."]'`) and from an AWS Secrets Manager
+secret (`api_keys_secret_id`), fetched once per container with boto3, imported only then. Keys
+are compared as sha256 digests with `hmac.compare_digest`, against every key, so neither the
+length nor the position of a match shows in the timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Mapping
+from typing import ClassVar
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from handler.core.config import Settings
+from handler.core.errors import ServiceError, ServiceUnavailable
+from handler.middleware.error_responses import service_error_response
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    error_type = "unauthorized"
+    public_message = "A valid API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`."
+    headers: ClassVar[Mapping[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+
+
+class ApiKeys:
+    def __init__(self, settings: Settings) -> None:
+        self._secret_id = settings.api_keys_secret_id
+        self._digests = [_digest(key) for key in settings.api_keys]
+        self._secret_loaded = self._secret_id is None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests) or self._secret_id is not None
+
+    def _load_secret(self) -> None:
+        """Blocking; once per container. A failure is a 503 and is retried by the next request."""
+        with self._lock:
+            if self._secret_loaded:
+                return
+            try:
+                import boto3
+
+                value = boto3.client("secretsmanager").get_secret_value(SecretId=self._secret_id)["SecretString"]
+            except Exception as exc:
+                raise ServiceUnavailable(f"cannot read API keys secret {self._secret_id}: {exc!r}") from exc
+            keys = _parse_secret(value)
+            self._digests = [*self._digests, *(_digest(key) for key in keys)]
+            self._secret_loaded = True
+
+    async def check(self, request: Request) -> None:
+        if not self.enabled:
+            return
+        if not self._secret_loaded:
+            await run_in_threadpool(self._load_secret)
+        offered = _offered_key(request)
+        if offered is None:
+            raise Unauthorized("no API key")
+        digest = _digest(offered)
+        matched = False
+        for known in self._digests:  # no early exit: every key is compared
+            matched |= hmac.compare_digest(digest, known)
+        if not matched:
+            raise Unauthorized("wrong API key")
+
+
+class ApiKeyMiddleware:
+    """Guards every route but the open ones, before routing: an unauthenticated caller learns nothing,
+    not even whether its body would have parsed, and a route added later is guarded by default."""
+
+    OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.keys.enabled and scope["path"] not in self.OPEN_PATHS:
+            request = Request(scope)
+            try:
+                await self.keys.check(request)
+            except ServiceError as exc:
+                response = await service_error_response(request, exc)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _offered_key(request: Request) -> str | None:
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def _parse_secret(value: str) -> list[str]:
+    try:
+        data = json.loads(value)
+    except ValueError:
+        data = value.splitlines()
+    if isinstance(data, str):
+        data = [data]
+    if not isinstance(data, list):
+        raise ServiceUnavailable("the API keys secret must be a JSON list of keys or one key per line")
+    return [str(key).strip() for key in data if str(key).strip()]

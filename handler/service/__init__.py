@@ -1,0 +1,1 @@
+"""Answering a request: the cache first, then one generation per distinct request."""

@@ -1,0 +1,160 @@
+"""Answering a completion: the cache first, then one generation per distinct request.
+
+The order is the product: memory, disk, then the model, so that a hit never loads it. A miss
+joins any identical generation in flight; the answer is stored by the worker that made it,
+so it is kept even when the caller has gone.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+
+from starlette.concurrency import run_in_threadpool
+
+from handler.cache.keys import cache_key
+from handler.cache.policy import CachePolicy
+from handler.cache.response_cache import ResponseCache
+from handler.core.config import Settings
+from handler.core.errors import BadRequest, Busy
+from handler.core.types import INCOMPLETE, CacheSource, Completion, Prompt, SamplingParams
+from handler.engine.model import ModelHolder
+from handler.service.answer_stream import Answer, AnswerStream
+from handler.service.single_flight import SingleFlight
+
+RESPONSE_MARGIN_S = 2.0  # of a function's remaining time, kept to send the answer
+
+
+class ChatService:
+    def __init__(self, settings: Settings, model: ModelHolder, cache: ResponseCache) -> None:
+        self.settings = settings
+        self.model = model
+        self.cache = cache
+        self.flights: SingleFlight[Completion] = SingleFlight()
+        self._identity: str | None = None
+        self._streams = 0  # streamed generations queued or running
+        self._streams_lock = threading.Lock()
+
+    def check_prompt(self, prompt: str) -> None:
+        if len(prompt) > self.settings.max_prompt_chars:
+            raise BadRequest(
+                f"The prompt is {len(prompt)} characters, above this service's limit of "
+                f"{self.settings.max_prompt_chars}. Shorten it."
+            )
+
+    def sampling(self, max_tokens: int | None) -> SamplingParams:
+        max_tokens = self.settings.max_tokens_default if max_tokens is None else max_tokens
+        if max_tokens > self.settings.max_tokens_limit:
+            raise BadRequest(
+                f"max_tokens is {max_tokens}, above this service's limit of {self.settings.max_tokens_limit}."
+            )
+        return self.settings.sampling(max_tokens)
+
+    def _model_identity(self) -> str:
+        """Computed once per container; blocking (a stat, a few reads, or a HEAD request)."""
+        if self._identity is None:
+            self._identity = self.model.source.identity()
+        return self._identity
+
+    def deadline(self, remaining_ms: int | None) -> float | None:
+        """When a generation must stop: the configured timeout, and in a function the invocation's own
+        remaining time less a margin to send the answer, whichever comes first (time.monotonic())."""
+        limits = []
+        if self.settings.generation_timeout_seconds is not None:
+            limits.append(self.settings.generation_timeout_seconds)
+        if remaining_ms is not None:
+            limits.append(max(0.0, remaining_ms / 1000 - RESPONSE_MARGIN_S))
+        return time.monotonic() + min(limits) if limits else None
+
+    async def _key(self, prompt: Prompt, params: SamplingParams) -> str:
+        """A raw prompt is keyed by its text, whichever route sent it (/chat and /v1/completions share
+        answers for the same model input); chat messages by the messages, since which template formats
+        them is known only once the model is loaded."""
+        identity = self._identity if self._identity is not None else await run_in_threadpool(self._model_identity)
+        if isinstance(prompt, str):
+            return cache_key("text", identity, prompt, params, self.settings.n_ctx)
+        return cache_key("chat", identity, prompt.key_material(), params, self.settings.n_ctx)
+
+    async def _cached(self, key: str, policy: CachePolicy) -> Answer | None:
+        """The cached answer, or None, counted as a miss."""
+        if policy.read:
+            hit = self.cache.get_fast(key)
+            if hit is not None:
+                return Answer(*hit)
+            slow = await run_in_threadpool(self.cache.get_slow, key)
+            if slow is not None:
+                return Answer(*slow)
+        self.cache.misses += 1
+        return None
+
+    def _store(self, key: str, completion: Completion, policy: CachePolicy) -> None:
+        """Only a whole answer is the answer: one cut short by the deadline or a departed client is not kept."""
+        if policy.store and completion.finish_reason not in INCOMPLETE:
+            self.cache.put(key, completion)
+
+    async def answer(
+        self, prompt: Prompt, params: SamplingParams, policy: CachePolicy, deadline: float | None = None
+    ) -> Answer:
+        """`prompt` is the model's full input, or chat messages to format with the model's template."""
+        key = await self._key(prompt, params)
+        cached = await self._cached(key, policy)
+        if cached is not None:
+            return cached
+
+        def generate() -> Completion:
+            completion = self.model.complete(prompt, params, deadline)
+            self._store(key, completion, policy)
+            return completion
+
+        completion, leader = await self.flights.run(key, generate, self._free_slots())
+        return Answer(completion, CacheSource.MISS, shared=not leader)
+
+    async def stream(
+        self, prompt: Prompt, params: SamplingParams, policy: CachePolicy, deadline: float | None = None
+    ) -> AnswerStream:
+        """As `answer`, piece by piece. A hit is one piece. A miss runs its own generation (streams do not
+        join each other) and counts against `max_pending_generations`; it returns once the first piece
+        is out, so a fault before it (no model, context overflow, busy) is still a plain HTTP error."""
+        key = await self._key(prompt, params)
+        cached = await self._cached(key, policy)
+        if cached is not None:
+            return AnswerStream.of(cached)
+        with self._streams_lock:
+            if self.pending >= self.settings.max_pending_generations:
+                raise Busy(self.pending)
+            self._streams += 1
+        stream = AnswerStream(CacheSource.MISS)
+
+        def generate() -> None:
+            try:
+                completion = self.model.complete(
+                    prompt, params, deadline, cancelled=stream.cancelled, on_text=stream.put_text
+                )
+                self._store(key, completion, policy)
+                stream.finish(completion)
+            except Exception as exc:  # handed to the consumer, which raises it
+                stream.fail(exc)
+            finally:
+                with self._streams_lock:
+                    self._streams -= 1
+
+        context = contextvars.copy_context()  # the request id follows into the thread's log lines
+        threading.Thread(target=context.run, args=(generate,), name="stream", daemon=True).start()
+        await stream.first()
+        return stream
+
+    def close(self) -> None:
+        """At shutdown: let generations in flight finish, then free the model and the cache."""
+        self.flights.close()
+        self.model.close()
+        self.cache.close()
+
+    @property
+    def pending(self) -> int:
+        """Distinct generations queued or running, streams included."""
+        return self.flights.in_flight + self._streams
+
+    def _free_slots(self) -> int:
+        """What is left of `max_pending_generations` for flights, once the running streams are counted."""
+        return max(0, self.settings.max_pending_generations - self._streams)

@@ -1,0 +1,31 @@
+"""Turning a request into the model's input with the operator's template from config."""
+
+from __future__ import annotations
+
+from handler.core.config import Settings
+from handler.core.errors import BadRequest
+from handler.core.types import ChatMessage, ChatPrompt
+
+ROLE_LABELS = {"user": "Human", "assistant": "Assistant"}
+
+
+def compose(settings: Settings, prompt: str) -> str:
+    """Fill the template; braces in the user's prompt are data, never placeholders."""
+    return settings.prompt_template.format(system_prompt=settings.system_prompt, prompt=prompt)
+
+
+def chat_prompt(settings: Settings, messages: list[ChatMessage]) -> ChatPrompt:
+    """Chat messages, with the prompt for a model that has no chat template of its own (which one
+    applies is known only once the model is loaded). The fallback writes earlier turns as
+    `Human:`/`Assistant:` lines inside the template's {prompt}, so that one user message gives
+    exactly the prompt `/chat` gives."""
+    if not messages or messages[-1].role != "user":
+        raise BadRequest("messages must end with a message whose role is user.")
+    systems = [m.content for m in messages if m.role == "system"]
+    turns = [m for m in messages if m.role != "system"]
+    lines = [f"{ROLE_LABELS[m.role]}: {m.content}" for m in turns]
+    conversation = "\n\n".join(lines).removeprefix(f"{ROLE_LABELS['user']}: ")  # the template writes it
+    fallback = settings.prompt_template.format(
+        system_prompt="\n\n".join(systems) if systems else settings.system_prompt, prompt=conversation
+    )
+    return ChatPrompt(tuple(messages), fallback, tuple(settings.stop))

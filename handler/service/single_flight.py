@@ -1,0 +1,56 @@
+"""Identical requests in flight share one generation.
+
+The work runs on its own thread pool and resolves a concurrent future that every waiter
+awaits through `asyncio.shield`: a waiter that goes away (client disconnect, cancellation)
+neither cancels the work nor the answer the others are waiting for, and the answer is still
+stored. Futures are loop-agnostic, so this works the same under uvicorn and under Mangum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+from handler.core.errors import Busy
+
+T = TypeVar("T")
+
+
+class SingleFlight(Generic[T]):
+    def __init__(self, workers: int = 4) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generate")
+        self._lock = threading.RLock()  # a future done before add_done_callback calls back at once
+        self._calls: dict[str, Future[T]] = {}
+
+    async def run(self, key: str, work: Callable[[], T], max_calls: int | None = None) -> tuple[T, bool]:
+        """The result of `work` for `key`, and whether this call ran it (False: it joined another's).
+
+        With `max_calls`, new work is refused (Busy) while that many distinct keys are queued or
+        running; joining work already in flight is always allowed, since it costs nothing.
+        """
+        with self._lock:
+            future = self._calls.get(key)
+            leader = future is None
+            if future is None:
+                if max_calls is not None and len(self._calls) >= max_calls:
+                    raise Busy(len(self._calls))
+                future = self._executor.submit(contextvars.copy_context().run, work)  # the request id follows
+                self._calls[key] = future
+                future.add_done_callback(lambda done: self._forget(key, done))
+        return await asyncio.shield(asyncio.wrap_future(future)), leader
+
+    def _forget(self, key: str, future: Future[T]) -> None:
+        with self._lock:
+            if self._calls.get(key) is future:
+                del self._calls[key]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._calls)
