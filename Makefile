@@ -9,7 +9,7 @@ MODEL  := models/gemma-3-270m-q4_k_m.gguf
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install serve test test-quick lint bench model clean
+.PHONY: install serve test test-quick lint bench model llama-server clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,5 +56,23 @@ test-quick: install
 bench: $(VENV)/.bench-installed $(MODEL)
 	$(PY) bench/compare.py
 
+# llama.cpp's own server, the peer the engine benchmark compares against: built once from the
+# vendored llama.cpp of the same llama-cpp-python sdist the service runs (about 10 minutes on 2 cores).
+LLAMA_CPP_PYTHON := 0.3.36
+PEER_DIR := build/peer
+LLAMA_SERVER := $(PEER_DIR)/llama-server
+
+$(LLAMA_SERVER):
+	mkdir -p $(PEER_DIR)/src
+	$(PYTHON) -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(PEER_DIR)/src
+	tar -xzf $(PEER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(PEER_DIR)/src
+	cd $(PEER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp \
+		&& cmake -B build -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF -DCMAKE_BUILD_TYPE=Release \
+		&& cmake --build build --target llama-server llama-batched-bench -j$$(nproc)
+	cp $(PEER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/build/bin/llama-server \
+		$(PEER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/build/bin/llama-batched-bench $(PEER_DIR)/
+
+llama-server: $(LLAMA_SERVER)
+
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache build

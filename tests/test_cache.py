@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from handler.cache.keys import cache_key
 from handler.core.config import Settings
 from handler.core.types import SamplingParams
 from handler.engine.model import ModelHolder, load_llama
-from handler.engine.model_source import model_identity
+from handler.engine.model_identity import DigestMemo
+from handler.engine.model_source import LocalSource
 from handler.service.prompts import compose
 from tests.conftest import LiveServer, WrappedLlama
 from tests.tiny_gguf import write_tiny_gguf
@@ -164,11 +166,14 @@ def test_key_covers_every_input_and_is_canonical() -> None:
     assert len({base, *variants}) == len(variants) + 1
 
 
-def test_model_identity_uses_the_declared_sha256_without_reading(tiny_model: Path, tmp_path: Path) -> None:
+def test_model_identity_is_the_declared_sha256_or_the_files_own(tiny_model: Path, tmp_path: Path) -> None:
+    memo = DigestMemo(tmp_path / "memo")
     declared = "ab" * 32
-    assert model_identity(str(tiny_model), declared) == f"sha256:{declared}:size:{tiny_model.stat().st_size}"
+    assert LocalSource(str(tmp_path / "not-even-there.gguf"), declared, memo).identity() == f"sha256:{declared}"
     other = write_tiny_gguf(tmp_path / "other.gguf", seed=3)
-    assert model_identity(str(tiny_model)) != model_identity(str(other))
+    own = LocalSource(str(tiny_model), None, memo).identity()
+    assert own == f"sha256:{hashlib.sha256(tiny_model.read_bytes()).hexdigest()}"
+    assert own != LocalSource(str(other), None, memo).identity()
 
 
 class SlowLlama(WrappedLlama):
@@ -222,7 +227,7 @@ def test_corrupt_cache_database_is_moved_aside_and_answers_stay_right(
 
 def _key_for(app: FastAPI, prompt: str, max_tokens: int) -> str:
     service = app.state.chat
-    identity = model_identity(service.settings.model_path, service.settings.model_sha256)
+    identity = service.model.source.identity()
     return cache_key(
         "text", identity, compose(service.settings, prompt), service.sampling(max_tokens), service.settings.n_ctx
     )

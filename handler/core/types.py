@@ -58,6 +58,7 @@ class Completion:
     # How this answer was made, for logs and metrics; not cached (a hit made nothing).
     generation_seconds: float = field(default=0.0, compare=False)
     load_seconds: float | None = field(default=None, compare=False)  # set when this request loaded the model
+    model_identity: str | None = field(default=None, compare=False)  # the model that generated it; None on a hit
 
     @property
     def tokens_per_second(self) -> float | None:

@@ -18,23 +18,19 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from handler.core.config import Settings
 from handler.core.errors import ContextOverflow, GenerationFailed, ModelUnavailable
 from handler.core.types import ChatPrompt, Completion, FinishReason, Prompt, SamplingParams
 from handler.engine.chat_format import ChatTemplate
-from handler.engine.model_source import ModelSource, model_source
+from handler.engine.model_source import ModelSource, OpenedModel, model_source
 from handler.engine.text_stream import TextStream
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
 log = logging.getLogger(__name__)
-
-GGUF_MAGIC = b"GGUF"
-
 
 Loader = Callable[[Settings], "Llama"]
 
@@ -67,17 +63,6 @@ class StopSignal:
         return self.reason is not None
 
 
-def check_gguf(path: str) -> None:
-    """Fail with a readable cause before llama.cpp does with a vague one."""
-    file = Path(path)
-    if not file.is_file():
-        raise ModelUnavailable(f"model file {path} does not exist")
-    with file.open("rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise ModelUnavailable(f"model file {path} is not a GGUF file (starts with {magic!r})")
-
-
 def usable_cores() -> int:
     """All the cores this process may use: llama-cpp-python's default is half, which leaves a
     function's cores idle (the README has the figures)."""
@@ -89,7 +74,6 @@ def usable_cores() -> int:
 
 def load_llama(settings: Settings) -> Llama:
     """Load the GGUF with llama-cpp-python; imported here so that importing the service stays cheap."""
-    check_gguf(settings.model_path)
     from llama_cpp import Llama
 
     threads = settings.n_threads or usable_cores()
@@ -119,6 +103,7 @@ class ModelHolder:
         self._loader = loader
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._llama: Any = None
+        self._opened: OpenedModel | None = None
         self._template: ChatTemplate | None = None
         self._has_template: bool | None = None  # known once the model is loaded
         self.load_seconds: float | None = None
@@ -129,22 +114,41 @@ class ModelHolder:
         return self._llama is not None
 
     def _ensure_loaded(self) -> Any:
-        """On failure nothing is kept, so a later call retries."""
+        """On failure nothing is kept, so a later call retries. A model whose file has been replaced at
+        its path (renamed over, rewritten) is a new model: it is loaded in place of the old one, which
+        keeps answering (under its own identity) if the new one cannot be loaded."""
         if self._llama is None:
-            started = time.perf_counter()
+            self._load()
+        elif self._opened is not None and self.source.replaced(self._opened):
+            log.warning("model file replaced; loading the new one", extra={"model_path": self.settings.model_path})
             try:
-                local = self.settings.model_copy(update={"model_path": self.source.local_path()})
-                llama = self._loader(local)
-            except ModelUnavailable:
-                raise
-            except Exception as exc:  # an unexpected loader fault is still "unavailable", never fatal
-                raise ModelUnavailable(f"loading {self.settings.model_path} failed: {exc!r}") from exc
-            self.load_seconds = time.perf_counter() - started
-            log.info("model loaded", extra={"model_path": self.settings.model_path, "load_s": self.load_seconds})
-            self._llama = llama
-            self._template = None
-            self._has_template = None
+                self._load()
+            except ModelUnavailable as exc:
+                log.error(
+                    "the replacement cannot be loaded; the loaded model keeps answering",
+                    extra={"model_path": self.settings.model_path, "error": exc.cause},
+                )
         return self._llama
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        opened = self.source.open()
+        try:
+            llama = self._loader(self.settings.model_copy(update={"model_path": opened.path}))
+        except Exception as exc:  # an unexpected loader fault is still "unavailable", never fatal
+            opened.release()
+            if isinstance(exc, ModelUnavailable):
+                raise
+            raise ModelUnavailable(f"loading {self.settings.model_path} failed: {exc!r}") from exc
+        self._unload()
+        self.load_seconds = time.perf_counter() - started
+        log.info(
+            "model loaded",
+            extra={"model_path": self.settings.model_path, "load_s": self.load_seconds, "model": opened.identity},
+        )
+        self._llama, self._opened = llama, opened
+        self._template = None
+        self._has_template = None
 
     def complete(
         self,
@@ -165,11 +169,36 @@ class ModelHolder:
             contextvars.copy_context().run, self._complete, prompt, params, deadline, cancelled, on_text
         ).result()
 
+    @property
+    def identity(self) -> str | None:
+        """The loaded model's identity; None before it is loaded."""
+        return self._opened.identity if self._opened is not None else None
+
+    def known_identity(self) -> str | None:
+        """The identity of the model at the source when it is known without blocking (at most a stat)."""
+        return self.source.known_identity()
+
+    def current_identity(self) -> str:
+        """The identity of the model at the source now; blocking. A model file gone from its path
+        leaves the loaded model answering, so its identity stands."""
+        try:
+            return self.source.identity()
+        except ModelUnavailable:
+            if self.identity is not None:
+                return self.identity
+            raise
+
     def close(self) -> None:
         self._thread.shutdown(wait=True)
+        self._unload()
+
+    def _unload(self) -> None:
         llama, self._llama = self._llama, None
+        opened, self._opened = self._opened, None
         if llama is not None and hasattr(llama, "close"):
             llama.close()
+        if opened is not None:
+            opened.release()
 
     def _complete(
         self,
@@ -186,7 +215,7 @@ class ModelHolder:
         if len(tokens) + params.max_tokens > self.settings.n_ctx:
             raise ContextOverflow(len(tokens), params.max_tokens, self.settings.n_ctx)
         if cancelled is not None and cancelled.is_set():  # gone while waiting for the model
-            return Completion("", FinishReason.CANCELLED, len(tokens), 0)
+            return Completion("", FinishReason.CANCELLED, len(tokens), 0, model_identity=self.identity)
         signal = StopSignal(deadline, cancelled, len(tokens), params.max_tokens)
         if on_text is not None:
             signal.stream = TextStream(llama, len(tokens), stop, on_text)
@@ -210,6 +239,7 @@ class ModelHolder:
             completion_tokens=int(usage.get("completion_tokens", 0)),
             generation_seconds=generation_seconds,
             load_seconds=load_seconds,
+            model_identity=self.identity,
         )
 
     def _prepare(self, llama: Any, prompt: Prompt, params: SamplingParams) -> tuple[list[int], list[str]]:

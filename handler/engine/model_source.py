@@ -1,10 +1,13 @@
-"""Where the GGUF comes from, and who it is.
+"""Where the GGUF comes from, and which model it is.
 
-A local file's identity (for cache keys) is the configured sha256 when there is one (so a cold
-container reads nothing of the file), else a fingerprint of its size and three 1 MiB samples;
-the size joins either way, so a model swapped under a stale `model_sha256` still misses.
+A model's identity (for cache keys) is the sha256 of its content: the configured `model_sha256`
+when there is one (a cold container reads nothing of the file), else the digest of the local file
+as it is now (`model_identity`: paid once per version of the file). What is loaded is the very file
+that was identified, through an open descriptor, so a rename between the two cannot swap it; and a
+declared sha256 is checked against the file before it is loaded.
 
-The model can also be an `s3://bucket/key` object, fetched once per container.
+The model can also be an `s3://bucket/key` object, fetched once per container; its identity is
+the declared sha256 or the object's ETag and size.
 
 An S3 model is downloaded to the ephemeral disk into a temporary name and renamed only once
 its size (and sha256, when configured) checks out, so the final name always means a complete,
@@ -19,51 +22,109 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from handler.core.config import Settings
 from handler.core.errors import ModelUnavailable
+from handler.engine.file_digest import sha256_of
+from handler.engine.model_identity import DigestMemo, FileVersion
 
 log = logging.getLogger(__name__)
 
-SAMPLE = 1024 * 1024
+GGUF_MAGIC = b"GGUF"
 
 
-def model_identity(model_path: str, declared_sha256: str | None = None) -> str:
-    """Who the model is, cheaply: a stat, and three 1 MiB reads unless the sha256 is declared."""
-    size = os.stat(model_path).st_size
-    if declared_sha256:
-        return f"sha256:{declared_sha256}:size:{size}"
-    digest = hashlib.sha256(str(size).encode())
-    with open(model_path, "rb") as f:
-        for offset in (0, max(0, size // 2 - SAMPLE // 2), max(0, size - SAMPLE)):
-            f.seek(offset)
-            digest.update(f.read(SAMPLE))
-    return f"sample:{digest.hexdigest()}:size:{size}"
+@dataclass(frozen=True)
+class OpenedModel:
+    """A model file held open for loading: what llama.cpp should open, and who it is."""
+
+    path: str
+    identity: str
+    version: FileVersion | None  # a local file's version, to notice when the path holds another one
+    release: Callable[[], None] = lambda: None
 
 
 class ModelSource(Protocol):
     def identity(self) -> str:
-        """Who the model is, for cache keys; as cheap as the source allows."""
+        """Who the model at the source is now, for cache keys. Blocking: may read or fetch."""
 
-    def local_path(self) -> str:
-        """A local file llama.cpp can load; may download. Raises ModelUnavailable."""
+    def known_identity(self) -> str | None:
+        """The identity when it is known without blocking (at most a stat); None when identity() must run."""
+
+    def open(self) -> OpenedModel:
+        """The model file, identified and held, for loading; may download. Raises ModelUnavailable."""
+
+    def replaced(self, opened: OpenedModel) -> bool:
+        """True when the source now holds another file than the one opened (renamed over, rewritten)."""
+
+
+def sha256_identity(digest: str) -> str:
+    return f"sha256:{digest}"
 
 
 class LocalSource:
-    def __init__(self, path: str, sha256: str | None) -> None:
+    def __init__(self, path: str, sha256: str | None, memo: DigestMemo) -> None:
         self.path = path
         self.sha256 = sha256
+        self.memo = memo
+        self._last: tuple[FileVersion, str] | None = None
+
+    def _version(self) -> FileVersion:
+        try:
+            return FileVersion.at(self.path)
+        except OSError as exc:
+            raise ModelUnavailable(f"cannot read model file {self.path}: {exc}") from exc
+
+    def known_identity(self) -> str | None:
+        if self.sha256:
+            return sha256_identity(self.sha256)
+        last = self._last
+        try:
+            if last is not None and FileVersion.at(self.path) == last[0]:
+                return last[1]
+        except OSError:
+            return None
+        return None
 
     def identity(self) -> str:
-        try:
-            return model_identity(self.path, self.sha256)
-        except OSError as exc:
-            raise ModelUnavailable(f"cannot identify model {self.path}: {exc}") from exc
+        if self.sha256:
+            return sha256_identity(self.sha256)
+        version = self._version()
+        identity = sha256_identity(self.memo.digest(self.path, version))
+        self._last = (version, identity)
+        return identity
 
-    def local_path(self) -> str:
-        return self.path
+    def open(self) -> OpenedModel:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise ModelUnavailable(f"model file {self.path} cannot be opened: {exc}") from exc
+        try:
+            magic = os.pread(fd, len(GGUF_MAGIC), 0)
+            if magic != GGUF_MAGIC:
+                raise ModelUnavailable(f"model file {self.path} is not a GGUF file (starts with {magic!r})")
+            version = FileVersion.of(os.fstat(fd))
+            digest = self.memo.digest(self.path, version, opened=fd)
+            if self.sha256 and digest != self.sha256:
+                raise ModelUnavailable(
+                    f"model file {self.path} has sha256 {digest}, but model_sha256 in the config is {self.sha256}: "
+                    "nothing is loaded or stored under the declared identity until they agree"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        by_descriptor = f"/proc/self/fd/{fd}"  # the very file identified, whatever the path holds meanwhile
+        path = by_descriptor if os.path.exists(by_descriptor) else self.path
+        return OpenedModel(path, sha256_identity(digest), version, lambda: os.close(fd))
+
+    def replaced(self, opened: OpenedModel) -> bool:
+        try:
+            return opened.version is not None and FileVersion.at(self.path) != opened.version
+        except OSError:
+            return False  # gone from the path: the loaded model is still the one it was
 
 
 class S3Source:
@@ -75,6 +136,7 @@ class S3Source:
         self.download_dir = Path(download_dir)
         self._client = client
         self._lock = threading.Lock()
+        self._identity: str | None = None
 
     @property
     def client(self) -> Any:
@@ -95,11 +157,30 @@ class S3Source:
             raise ModelUnavailable(f"cannot reach model {self.uri}: {exc!r}") from exc
 
     def identity(self) -> str:
-        """The declared sha256 costs nothing; otherwise the object's ETag and size (one HEAD request)."""
-        if self.sha256:
-            return f"sha256:{self.sha256}"
-        head = self._head()
-        return f"s3:{self.bucket}/{self.key}:etag:{_etag(head)}:size:{head['ContentLength']}"
+        """The declared sha256 costs nothing; otherwise the object's ETag and size (one HEAD request),
+        once per container: the downloaded file is the model for the container's life."""
+        if self._identity is None:
+            if self.sha256:
+                self._identity = sha256_identity(self.sha256)
+            else:
+                head = self._head()
+                self._identity = f"s3:{self.bucket}/{self.key}:etag:{_etag(head)}:size:{head['ContentLength']}"
+        return self._identity
+
+    def known_identity(self) -> str | None:
+        return self._identity
+
+    def open(self) -> OpenedModel:
+        identity = self.identity()
+        path = self.local_path()
+        with open(path, "rb") as f:
+            magic = f.read(len(GGUF_MAGIC))
+        if magic != GGUF_MAGIC:
+            raise ModelUnavailable(f"model {self.uri} is not a GGUF file (starts with {magic!r})")
+        return OpenedModel(path, identity, None)
+
+    def replaced(self, opened: OpenedModel) -> bool:
+        return False
 
     def _target(self, head: dict[str, Any] | None) -> Path:
         """Named after the content (sha256, or the object's ETag), so a new model under the same key
@@ -131,8 +212,6 @@ class S3Source:
             if size != expected:
                 raise ModelUnavailable(f"download of {self.uri} is {size} bytes, expected {expected}")
             if self.sha256:
-                from handler.engine.file_digest import sha256_of
-
                 actual = sha256_of(partial, progress=False)
                 if actual != self.sha256:
                     raise ModelUnavailable(f"download of {self.uri} has sha256 {actual}, expected {self.sha256}")
@@ -177,4 +256,6 @@ def _etag(head: dict[str, Any]) -> str:
 def model_source(settings: Settings) -> ModelSource:
     if settings.model_path.startswith("s3://"):
         return S3Source(settings.model_path, settings.model_sha256, settings.model_download_dir)
-    return LocalSource(settings.model_path, settings.model_sha256)
+    return LocalSource(
+        settings.model_path, settings.model_sha256, DigestMemo(Path(settings.model_download_dir) / "digests")
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
@@ -26,13 +27,22 @@ from handler.service.single_flight import SingleFlight
 RESPONSE_MARGIN_S = 2.0  # of a function's remaining time, kept to send the answer
 
 
+@dataclass(frozen=True)
+class Keyed:
+    """A request's cache key, and what it was made of."""
+
+    key: str
+    identity: str
+    prompt: Prompt
+    params: SamplingParams
+
+
 class ChatService:
     def __init__(self, settings: Settings, model: ModelHolder, cache: ResponseCache) -> None:
         self.settings = settings
         self.model = model
         self.cache = cache
         self.flights: SingleFlight[Completion] = SingleFlight()
-        self._identity: str | None = None
         self._streams = 0  # streamed generations queued or running
         self._streams_lock = threading.Lock()
 
@@ -51,12 +61,6 @@ class ChatService:
             )
         return self.settings.sampling(max_tokens)
 
-    def _model_identity(self) -> str:
-        """Computed once per container; blocking (a stat, a few reads, or a HEAD request)."""
-        if self._identity is None:
-            self._identity = self.model.source.identity()
-        return self._identity
-
     def deadline(self, remaining_ms: int | None) -> float | None:
         """When a generation must stop: the configured timeout, and in a function the invocation's own
         remaining time less a margin to send the answer, whichever comes first (time.monotonic())."""
@@ -67,11 +71,19 @@ class ChatService:
             limits.append(max(0.0, remaining_ms / 1000 - RESPONSE_MARGIN_S))
         return time.monotonic() + min(limits) if limits else None
 
-    async def _key(self, prompt: Prompt, params: SamplingParams) -> str:
+    async def _identity(self) -> str:
+        """The model at the source now: a stat when nothing changed, else read off the thread."""
+        known = self.model.known_identity()
+        return known if known is not None else await run_in_threadpool(self.model.current_identity)
+
+    async def _keyed(self, prompt: Prompt, params: SamplingParams) -> Keyed:
+        identity = await self._identity()
+        return Keyed(self._key(prompt, params, identity), identity, prompt, params)
+
+    def _key(self, prompt: Prompt, params: SamplingParams, identity: str) -> str:
         """A raw prompt is keyed by its text, whichever route sent it (/chat and /v1/completions share
         answers for the same model input); chat messages by the messages, since which template formats
         them is known only once the model is loaded."""
-        identity = self._identity if self._identity is not None else await run_in_threadpool(self._model_identity)
         if isinstance(prompt, str):
             return cache_key("text", identity, prompt, params, self.settings.n_ctx)
         return cache_key("chat", identity, prompt.key_material(), params, self.settings.n_ctx)
@@ -88,26 +100,30 @@ class ChatService:
         self.cache.misses += 1
         return None
 
-    def _store(self, key: str, completion: Completion, policy: CachePolicy) -> None:
-        """Only a whole answer is the answer: one cut short by the deadline or a departed client is not kept."""
+    def _store(self, key: Keyed, completion: Completion, policy: CachePolicy) -> None:
+        """Only a whole answer is the answer: one cut short by the deadline or a departed client is not kept.
+        It is stored under the model that generated it, which is not the one the key was made for when
+        the model file was replaced meanwhile."""
         if policy.store and completion.finish_reason not in INCOMPLETE:
-            self.cache.put(key, completion)
+            made_by = completion.model_identity
+            store_key = key.key if made_by in (None, key.identity) else self._key(key.prompt, key.params, made_by)
+            self.cache.put(store_key, completion)
 
     async def answer(
         self, prompt: Prompt, params: SamplingParams, policy: CachePolicy, deadline: float | None = None
     ) -> Answer:
         """`prompt` is the model's full input, or chat messages to format with the model's template."""
-        key = await self._key(prompt, params)
-        cached = await self._cached(key, policy)
+        keyed = await self._keyed(prompt, params)
+        cached = await self._cached(keyed.key, policy)
         if cached is not None:
             return cached
 
         def generate() -> Completion:
             completion = self.model.complete(prompt, params, deadline)
-            self._store(key, completion, policy)
+            self._store(keyed, completion, policy)
             return completion
 
-        completion, leader = await self.flights.run(key, generate, self._free_slots())
+        completion, leader = await self.flights.run(keyed.key, generate, self._free_slots())
         return Answer(completion, CacheSource.MISS, shared=not leader)
 
     async def stream(
@@ -116,8 +132,8 @@ class ChatService:
         """As `answer`, piece by piece. A hit is one piece. A miss runs its own generation (streams do not
         join each other) and counts against `max_pending_generations`; it returns once the first piece
         is out, so a fault before it (no model, context overflow, busy) is still a plain HTTP error."""
-        key = await self._key(prompt, params)
-        cached = await self._cached(key, policy)
+        keyed = await self._keyed(prompt, params)
+        cached = await self._cached(keyed.key, policy)
         if cached is not None:
             return AnswerStream.of(cached)
         with self._streams_lock:
@@ -131,7 +147,7 @@ class ChatService:
                 completion = self.model.complete(
                     prompt, params, deadline, cancelled=stream.cancelled, on_text=stream.put_text
                 )
-                self._store(key, completion, policy)
+                self._store(keyed, completion, policy)
                 stream.finish(completion)
             except Exception as exc:  # handed to the consumer, which raises it
                 stream.fail(exc)
