@@ -13,6 +13,7 @@ import uvicorn  # noqa: E402
 
 from handler.app import create_app  # noqa: E402
 from handler.core.config import ConfigError  # noqa: E402
+from handler.http_limits import LimitedHttpToolsProtocol  # noqa: E402
 
 
 def main() -> int:
@@ -22,8 +23,13 @@ def main() -> int:
         print(exc, file=sys.stderr)
         return 2
     # The app logs one JSON line per request itself; uvicorn's access log would repeat it.
+    settings = app.state.settings
     uvicorn.run(
-        app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")), access_log=False
+        app,
+        host=os.environ.get("HOST", "127.0.0.1"),
+        port=int(os.environ.get("PORT", "8000")),
+        access_log=False,
+        http=LimitedHttpToolsProtocol.configured(settings.max_header_bytes, settings.header_timeout_seconds),
     )
     return 0
 

@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     app.state.model = model or ModelHolder(settings)
     app.state.chat = ChatService(settings, app.state.model, ResponseCache.from_settings(settings))
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds)
     app.add_middleware(ApiKeyMiddleware, keys=ApiKeys(settings))
     app.state.metrics = make_metrics(settings.metrics, app.state.chat)
     if isinstance(app.state.metrics, PrometheusMetrics):

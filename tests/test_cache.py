@@ -21,7 +21,7 @@ from handler.core.types import SamplingParams
 from handler.engine.model import ModelHolder, load_llama
 from handler.engine.model_identity import DigestMemo
 from handler.engine.model_source import LocalSource
-from handler.service.prompts import compose
+from handler.service.prompts import chat_input
 from tests.conftest import LiveServer, WrappedLlama
 from tests.tiny_gguf import write_tiny_gguf
 
@@ -151,17 +151,16 @@ def test_a_different_model_file_at_the_same_path_misses(settings: Settings, serv
 
 def test_key_covers_every_input_and_is_canonical() -> None:
     params = SamplingParams(8, ("Human:",), 0.0, 0.95, 40, 0.05, 1.0, 0)
-    base = cache_key("text", "m", "p", params, 512)
-    assert base == cache_key("text", "m", "p", params, 512)
+    base = cache_key("m", "p", params, 512)
+    assert base == cache_key("m", "p", params, 512)
     assert len(base) == 64
     variants = [
-        cache_key("completion", "m", "p", params, 512),
-        cache_key("text", "m2", "p", params, 512),
-        cache_key("text", "m", "p ", params, 512),
-        cache_key("text", "m", "p", params, 1024),
-        cache_key("text", "m", "p", SamplingParams(9, ("Human:",), 0.0, 0.95, 40, 0.05, 1.0, 0), 512),
-        cache_key("text", "m", "p", SamplingParams(8, ("Human:", "x"), 0.0, 0.95, 40, 0.05, 1.0, 0), 512),
-        cache_key("text", "m", "p", SamplingParams(8, ("Human:",), 0.0, 0.95, 40, 0.05, 1.1, 0), 512),
+        cache_key("m2", "p", params, 512),
+        cache_key("m", "p ", params, 512),
+        cache_key("m", "p", params, 1024),
+        cache_key("m", "p", SamplingParams(9, ("Human:",), 0.0, 0.95, 40, 0.05, 1.0, 0), 512),
+        cache_key("m", "p", SamplingParams(8, ("Human:", "x"), 0.0, 0.95, 40, 0.05, 1.0, 0), 512),
+        cache_key("m", "p", SamplingParams(8, ("Human:",), 0.0, 0.95, 40, 0.05, 1.1, 0), 512),
     ]
     assert len({base, *variants}) == len(variants) + 1
 
@@ -229,7 +228,10 @@ def _key_for(app: FastAPI, prompt: str, max_tokens: int) -> str:
     service = app.state.chat
     identity = service.model.source.identity()
     return cache_key(
-        "text", identity, compose(service.settings, prompt), service.sampling(max_tokens), service.settings.n_ctx
+        identity,
+        chat_input(service.settings, prompt).key_material(),
+        service.sampling(max_tokens),
+        service.settings.n_ctx,
     )
 
 

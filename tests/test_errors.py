@@ -142,3 +142,12 @@ def test_non_utf8_body_is_4xx(http: httpx.Client) -> None:
     response = http.post("/chat", content=b'{"prompt": "\xff\xfe"}', headers={"content-type": "application/json"})
     assert 400 <= response.status_code < 500
     assert response.json()["error"]["request_id"]
+
+
+def test_a_lone_surrogate_in_model_is_a_400(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/completions",
+        content='{"model": "\\ud800", "prompt": "x", "max_tokens": 2}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "model"

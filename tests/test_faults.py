@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import httpx
+from fastapi.testclient import TestClient
 
 from handler.app import create_app
 from handler.core.config import Settings
@@ -98,3 +99,44 @@ def test_a_mapped_model_replaced_by_rename_keeps_answering(
         after = http.post("/chat", json={"prompt": "one", "max_tokens": 8, "cache": "off"})
         assert before.status_code == after.status_code == 200
         assert before.json() == after.json()
+
+
+def test_a_cache_database_deleted_while_running_is_noticed_and_started_afresh(
+    settings: Settings, tmp_path: Path
+) -> None:
+    cache_dir = tmp_path / "cache"
+    app = create_app(settings.model_copy(update={"cache_dir": str(cache_dir), "cache_disk_retry_seconds": 0}))
+    client = TestClient(app)
+
+    def ask(prompt: str) -> str:
+        return client.post("/chat", json={"prompt": prompt, "max_tokens": 4}).headers["x-cache"]
+
+    assert ask("kept") == "MISS"
+    for part in cache_dir.glob("cache.db*"):
+        part.unlink()  # an operator's clean-up, under a running service
+    assert ask("after the deletion") == "MISS"
+    health = client.get("/health").json()
+    assert health["cache"]["disk"]["faults"] == 1
+    restarted = TestClient(create_app(settings.model_copy(update={"cache_dir": str(cache_dir)})))
+    again = restarted.post("/chat", json={"prompt": "after the deletion", "max_tokens": 4})
+    assert again.headers["x-cache"] == "HIT-DISK"  # written to a database that is really there
+
+
+def test_the_disk_limit_bounds_the_write_ahead_log_too(tmp_path: Path) -> None:
+    from handler.cache.disk import DiskTier
+    from handler.cache.entry import Entry
+    from handler.core.types import Completion, FinishReason
+
+    limit = 1024 * 1024
+    tier = DiskTier(str(tmp_path / "cache"), limit, None, 30)
+    for i in range(3000):
+        tier.put(f"key-{i}", Entry(Completion("x" * 2000, FinishReason.STOP, 5, 5), 1.0))
+    used = sum(part.stat().st_size for part in (tmp_path / "cache").iterdir())
+    assert used < 1.5 * limit  # without a bound on the log: 5 times the limit
+
+
+def test_health_says_degraded_while_the_model_file_is_missing(settings: Settings, tmp_path: Path) -> None:
+    missing = settings.model_copy(update={"model_path": str(tmp_path / "not-yet.gguf")})
+    health = TestClient(create_app(missing)).get("/health").json()
+    assert health["status"] == "degraded" and health["model"]["available"] is False
+    assert TestClient(create_app(settings)).get("/health").json()["status"] == "ok"

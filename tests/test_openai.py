@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from handler.core.config import Settings
 from handler.core.types import ChatMessage
 from handler.engine.model import ModelHolder, load_llama
 from handler.service.prompts import chat_prompt, compose
-from tests.conftest import FakeLambdaContext, LiveServer, PacedLlama, lambda_body, lambda_event, same_generation
+from tests.conftest import FakeLambdaContext, LiveServer, PacedLlama, lambda_body, lambda_event, lines, same_generation
 from tests.tiny_gguf import write_tiny_gguf
 
 TEMPLATE = (
@@ -156,23 +157,27 @@ def test_a_cache_hit_streams_from_the_cache(client: openai.OpenAI) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage == whole.usage
 
 
-def test_slash_chat_and_completions_share_answers_for_the_same_model_input(
-    http: httpx.Client, settings: Settings
+def test_the_same_model_input_is_the_same_answer_whichever_route_sent_it(
+    http: httpx.Client, settings: Settings, live_server: Any
 ) -> None:
-    """The key is the model's input, not the route: /chat's composed prompt sent raw is the same answer."""
+    """The key is the model's input, not the route: /chat's prompt as one chat message (a model without a
+    template), or sent raw where raw prompts are read as text as /chat's are."""
     text = http.post("/chat", json={"prompt": "shared", "max_tokens": 6}).json()["text"]
-    raw = http.post(
-        "/v1/completions",
-        json={"model": "tiny", "max_tokens": 6, "stop": settings.stop, "prompt": compose(settings, "shared")},
-    )
-    assert raw.headers["x-cache"] == "HIT-MEMORY"
-    assert raw.json()["choices"][0]["text"].strip() == text
     chat = http.post(
         "/v1/chat/completions",
         json={"model": "tiny", "max_tokens": 6, "messages": [{"role": "user", "content": "shared"}]},
     )
-    assert chat.headers["x-cache"] == "MISS"  # messages are keyed as messages: the template is known only once loaded
+    assert chat.headers["x-cache"] == "HIT-MEMORY"
     assert chat.json()["choices"][0]["message"]["content"].strip() == text
+    raw = {"model": "tiny", "max_tokens": 6, "stop": settings.stop, "prompt": compose(settings, "shared")}
+    parsed = http.post("/v1/completions", json=raw)
+    assert parsed.headers["x-cache"] == "MISS"  # raw prompts parse control-token text: another input
+    assert parsed.json()["choices"][0]["text"].strip() == text  # (none here: the same tokens)
+
+    plain = create_app(settings.model_copy(update={"completion_parse_special": False}))
+    with httpx.Client(base_url=live_server(plain).url, timeout=30) as other:
+        assert other.post("/chat", json={"prompt": "shared", "max_tokens": 6}).json()["text"] == text
+        assert other.post("/v1/completions", json=raw).headers["x-cache"] == "HIT-MEMORY"
 
 
 @pytest.mark.parametrize(
@@ -304,7 +309,7 @@ def test_tokens_reach_the_client_while_the_model_is_still_generating(settings: S
     assert rest[-1] == "[DONE]"
 
 
-def test_a_client_that_disconnects_stops_the_generation(settings: Settings) -> None:
+def test_a_client_that_disconnects_stops_the_generation(settings: Settings, access_log: io.StringIO) -> None:
     app, made = paced_app(settings)
     body = {"model": "tiny", "prompt": "a long story", "max_tokens": 400, "stream": True}
     with LiveServer(app) as server:
@@ -317,6 +322,9 @@ def test_a_client_that_disconnects_stops_the_generation(settings: Settings) -> N
         assert after.status_code == 200  # the model is free
         again = httpx.post(f"{server.url}/v1/completions", json={**body, "stream": False}, timeout=60)
     assert again.headers["x-cache"] == "MISS"  # the abandoned answer was not stored
+    abandoned = lines(access_log)[0]
+    assert (abandoned["status"], abandoned["cache"], abandoned["stream"]) == (200, "MISS", True)
+    assert abandoned["finish_reason"] == "cancelled"
 
 
 def test_streaming_under_mangum_returns_the_whole_event_stream(settings: Settings) -> None:
@@ -342,10 +350,10 @@ def test_streaming_under_mangum_returns_the_whole_event_stream(settings: Setting
 def test_the_fallback_template_writes_the_whole_conversation(settings: Settings) -> None:
     settings = settings.model_copy(update={"system_prompt": "Be kind."})
     turns = [ChatMessage("user", "a"), ChatMessage("assistant", "b"), ChatMessage("user", "c")]
-    assert chat_prompt(settings, turns).fallback == (
+    assert chat_prompt(settings, turns).fallback.full_text == (
         "System: Be kind.\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:"
     )
-    assert chat_prompt(settings, [ChatMessage("system", "Be terse."), ChatMessage("user", "a")]).fallback == (
+    assert chat_prompt(settings, [ChatMessage("system", "Be terse."), ChatMessage("user", "a")]).fallback.full_text == (
         "System: Be terse.\n\nHuman: a\n\nAssistant:"
     )
 

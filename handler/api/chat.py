@@ -8,7 +8,7 @@ from handler.api.common import log_answer, remaining_ms
 from handler.api.deps import ChatServiceDep
 from handler.api.schemas import ChatRequest, ChatResponse, ErrorResponse
 from handler.cache.policy import cache_policy
-from handler.service.prompts import compose
+from handler.service.prompts import chat_input
 
 router = APIRouter()
 
@@ -40,7 +40,7 @@ async def chat(body: ChatRequest, request: Request, response: Response, service:
     params = service.sampling(body.max_tokens)
     policy = cache_policy(request.headers.get("cache-control"), body.cache)
     deadline = service.deadline(remaining_ms(request))
-    answer = await service.answer(compose(service.settings, body.prompt), params, policy, deadline)
+    answer = await service.answer(chat_input(service.settings, body.prompt), params, policy, deadline)
     response.headers["X-Cache"] = answer.source
     response.headers["X-Finish-Reason"] = answer.completion.finish_reason
     log_answer(request, answer.source, answer.completion, body.prompt, shared=answer.shared)

@@ -16,13 +16,17 @@ router = APIRouter()
 @router.get("/health", response_model=HealthResponse)
 async def health(service: ChatServiceDep) -> HealthResponse:
     model = service.model
+    available = True if model.loaded else model.source.present()
+    cache = await run_in_threadpool(service.cache.stats)
+    degraded = available is False or any(isinstance(t, dict) and t.get("degraded") for t in cache.values())
     return HealthResponse(
-        status="ok",
+        status="degraded" if degraded else "ok",
         model=ModelStatus(
             file=Path(model.settings.model_path).name,
             loaded=model.loaded,
+            available=available,
             load_seconds=model.load_seconds,
             generations=model.generations,
         ),
-        cache=await run_in_threadpool(service.cache.stats),
+        cache=cache,
     )

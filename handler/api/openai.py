@@ -35,7 +35,7 @@ from handler.cache.policy import cache_policy
 from handler.core.errors import NotFound
 from handler.core.types import ChatMessage, Completion, FinishReason, Prompt, SamplingParams
 from handler.service.chat_service import ChatService
-from handler.service.prompts import chat_prompt
+from handler.service.prompts import chat_prompt, completion_input
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 
@@ -172,7 +172,8 @@ async def completions(
         choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
 
-    return await respond(request, response, service, body, body.prompt, params, body.prompt, build, chunk)
+    prompt = completion_input(service.settings, body.prompt)
+    return await respond(request, response, service, body, prompt, params, body.prompt, build, chunk)
 
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
@@ -183,7 +184,7 @@ async def chat_completions(
     System/Human/Assistant template when the model has none."""
     messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
     prompt = chat_prompt(service.settings, messages)
-    service.check_prompt(prompt.fallback)
+    service.check_prompt(prompt.fallback.full_text)
     params = sampling(service, body, body.max_completion_tokens or body.max_tokens)
     rid, created, model = response_id(request, "chatcmpl"), int(time.time()), service.settings.served_model
 

@@ -53,7 +53,7 @@ class StreamOptions(BaseModel):
 class OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(description="The served model's id, as `GET /v1/models` lists it.")
+    model: Text = Field(description="The served model's id, as `GET /v1/models` lists it.")
     max_tokens: int | None = Field(None, ge=1, strict=True, description="Most tokens to generate.")
     temperature: float | None = Field(None, ge=0, le=2, description="The service's default when left out.")
     top_p: float | None = Field(None, gt=0, le=1)

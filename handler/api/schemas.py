@@ -50,11 +50,14 @@ class ErrorResponse(BaseModel):
 class ModelStatus(BaseModel):
     file: str
     loaded: bool
+    available: bool | None = Field(
+        description="Whether the model is loaded or its file is there to load (null: an s3:// model not yet fetched)."
+    )
     load_seconds: float | None
     generations: int
 
 
 class HealthResponse(BaseModel):
-    status: str
+    status: str = Field(description="`ok`, or `degraded`: the model file is missing, or a cache tier is failing.")
     model: ModelStatus
     cache: dict[str, Any] = Field(description="Hits per tier, misses, entries and bytes on disk.")

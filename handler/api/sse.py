@@ -14,7 +14,7 @@ from typing import Any
 from starlette.responses import StreamingResponse
 
 from handler.core.errors import ServiceError
-from handler.core.types import Completion
+from handler.core.types import Completion, FinishReason
 from handler.service.answer_stream import AnswerStream
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,9 @@ async def events(
     finished: Finished,
 ) -> AsyncIterator[str]:
     """The events of one answer. However it ends (done, failed, or the client gone, which cancels this
-    generator), the generation is told to stop, so the model is free for the next request."""
+    generator), the generation is told to stop, so the model is free for the next request; an answer
+    the client abandoned is logged as cancelled."""
+    completed = False
     try:
         async for piece in stream:
             yield event(chunk(piece, None))
@@ -46,12 +48,15 @@ async def events(
         if usage_chunk is not None:
             yield event(usage_chunk(completion))
         finished(completion)
+        completed = True
         yield event("[DONE]")
     except ServiceError as exc:  # after the 200 went out: the error travels as an event, as OpenAI sends it
         log.error("%s while streaming: %s", exc.error_type, exc.cause)
         yield event({"error": {"type": exc.error_type, "message": exc.public_message}})
     finally:
         stream.cancel()
+        if not completed:
+            finished(Completion("", FinishReason.CANCELLED, 0, 0))
 
 
 def sse_response(body: AsyncIterator[str], headers: dict[str, str]) -> StreamingResponse:

@@ -42,13 +42,16 @@ class DiskTier:
         self._size_limit = size_limit
         self._ttl = ttl
         self._cache: Any = None
+        self._database: tuple[int, int] | None = None  # the open database file's device and inode
         self._lock = threading.Lock()
         self.outage = Outage("disk cache", "memory and the model", retry_seconds, log, {"cache_dir": directory})
         self.hits = 0
 
     def _open(self) -> Any:
         if self._cache is not None:
-            return self._cache
+            if self._database is None or self._database_is_ours():
+                return self._cache
+            self._fail("check", FileNotFoundError(f"{self.directory}/cache.db was removed or replaced"))
         with self._lock:
             if self._cache is None and not self.outage.waiting():
                 self._cache = self._connect_or_fault()
@@ -77,7 +80,24 @@ class DiskTier:
         if seed and (Path(seed) / "cache.db").is_file() and not (Path(self.directory) / "cache.db").exists():
             shutil.copytree(seed, self.directory, dirs_exist_ok=True)
             log.info("disk cache seeded", extra={"cache_dir": self.directory, "seed_dir": seed})
-        return diskcache.Cache(self.directory, size_limit=self._size_limit)
+        cache = diskcache.Cache(
+            self.directory,
+            size_limit=self._size_limit,
+            # The write-ahead log counts against the disk too: checkpoint it often and truncate it after.
+            sqlite_wal_autocheckpoint=max(16, self._size_limit // 4096 // 16),
+            sqlite_journal_size_limit=max(64 * 1024, self._size_limit // 16),
+        )
+        stat = os.stat(Path(self.directory) / "cache.db")
+        self._database = (stat.st_dev, stat.st_ino)
+        return cache
+
+    def _database_is_ours(self) -> bool:
+        """A database deleted or replaced under us would take every later write with it, unseen."""
+        try:
+            stat = os.stat(Path(self.directory) / "cache.db")
+        except OSError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self._database
 
     def _quarantine(self, exc: Exception) -> None:
         database = Path(self.directory) / "cache.db"
@@ -93,7 +113,7 @@ class DiskTier:
 
     def _fail(self, action: str, exc: BaseException) -> None:
         self.outage.fault(action, exc)
-        cache, self._cache = self._cache, None
+        cache, self._cache, self._database = self._cache, None, None
         if cache is not None:
             try:
                 cache.close()

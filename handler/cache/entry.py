@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from handler.core.types import Completion, FinishReason
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: keys name the full-content identity and the model input as the model sees it
 T = TypeVar("T")
 
 

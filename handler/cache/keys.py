@@ -13,11 +13,10 @@ from handler.cache.entry import SCHEMA_VERSION
 from handler.core.types import SamplingParams
 
 
-def cache_key(kind: str, model: str, prompt: str, params: SamplingParams, n_ctx: int) -> str:
-    """`kind` separates what `prompt` holds: "text" (the model's raw input) or "chat" (messages to format)."""
+def cache_key(model: str, prompt: str, params: SamplingParams, n_ctx: int) -> str:
+    """`prompt`: the model's whole input, as `ModelInput.key_material` writes it."""
     material: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
-        "kind": kind,
         "model": model,
         "n_ctx": n_ctx,
         "prompt": prompt,

@@ -24,7 +24,7 @@ from handler.core.errors import ServiceError
 from handler.core.types import CacheSource
 from handler.engine.model import ModelHolder
 from handler.service.chat_service import ChatService
-from handler.service.prompts import compose
+from handler.service.prompts import chat_input
 
 
 def read_prompts(path: Path, default_max_tokens: int | None) -> list[tuple[str, int | None]]:
@@ -48,7 +48,7 @@ async def warm(service: ChatService, prompts: list[tuple[str, int | None]]) -> C
     for prompt, max_tokens in tqdm(prompts, desc="warming cache", unit="prompt"):
         try:
             answer = await service.answer(
-                compose(service.settings, prompt), service.sampling(max_tokens), CachePolicy()
+                chat_input(service.settings, prompt), service.sampling(max_tokens), CachePolicy()
             )
             outcomes[answer.source.value] += 1
         except ServiceError as exc:

@@ -137,6 +137,15 @@ class Settings(BaseModel):
 
     # Input limits
     max_body_bytes: int = Field(65536, ge=1024, description="Largest request body; larger ones get a 413.")
+    max_header_bytes: int = Field(
+        32768, ge=1024, description="Largest request head (request line and headers) under uvicorn; larger: 431."
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="Under uvicorn, a connection that has not sent a whole request head by then is closed."
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="A request body not received whole within this time gets a 408."
+    )
     max_prompt_chars: int = Field(16000, ge=1, description="Longest prompt, in characters; longer ones get a 400.")
 
     # Access
@@ -153,6 +162,12 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics: Literal["auto", "emf", "prometheus", "off"] = Field(
         "auto", description="auto: CloudWatch EMF in the log line inside AWS Lambda, Prometheus /metrics elsewhere."
+    )
+    completion_parse_special: bool = Field(
+        True,
+        description="In raw /v1/completions prompts, read control-token text (such as <|im_start|>) as the "
+        "control token, as llama-server and llama-cpp-python do: the caller writes the whole prompt. Off: "
+        "everything is text. /chat and chat messages never parse it in what the user wrote.",
     )
     log_prompts: bool = Field(
         False, description="Put prompt and answer text in the request log line. Off: logs carry no user text."

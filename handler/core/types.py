@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -72,24 +72,51 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
-class ChatPrompt:
-    """Chat messages, and the whole prompt for a model without a chat template."""
+class Segment:
+    """A piece of the model's input text: template markup, whose control-token text is parsed into
+    control tokens (`special`), or what a user wrote, which is only ever text."""
 
-    messages: tuple[ChatMessage, ...]
-    fallback: str
-    fallback_stop: tuple[str, ...]  # config's stop strings, which belong to the fallback template
+    text: str
+    special: bool
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """Exactly what the model sees: its input text in segments, and the stop strings that come with
+    the way it was formatted (a chat template's end-of-sequence text, the config template's `Human:`)."""
+
+    segments: tuple[Segment, ...]
+    stop: tuple[str, ...] = ()
+    add_bos: bool = True  # False where a chat template writes the begin-of-sequence token itself
+
+    @classmethod
+    def text(cls, text: str, *, special: bool = False, stop: tuple[str, ...] = ()) -> ModelInput:
+        return cls((Segment(text, special),), stop)
+
+    @property
+    def full_text(self) -> str:
+        return "".join(segment.text for segment in self.segments)
+
+    def stops_with(self, requested: tuple[str, ...]) -> tuple[str, ...]:
+        """The stop strings a generation uses: the request's, then this input's own."""
+        return requested + tuple(s for s in self.stop if s and s not in requested)
 
     def key_material(self) -> str:
+        """The text as the model sees it; the stops join the key through `stops_with`."""
         return json.dumps(
-            {
-                "messages": [asdict(m) for m in self.messages],
-                "fallback": self.fallback,
-                "fallback_stop": self.fallback_stop,
-            },
-            sort_keys=True,
+            {"segments": [[s.text, s.special] for s in self.segments], "add_bos": self.add_bos},
             ensure_ascii=False,
             separators=(",", ":"),
         )
 
 
-Prompt = str | ChatPrompt  # a raw prompt, or chat messages to format once the model is known
+@dataclass(frozen=True)
+class ChatPrompt:
+    """Chat messages, and the whole prompt for a model without a chat template; which of the two
+    applies is known from the model file's metadata."""
+
+    messages: tuple[ChatMessage, ...]
+    fallback: ModelInput
+
+
+Prompt = ModelInput | ChatPrompt

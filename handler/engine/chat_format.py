@@ -1,51 +1,114 @@
-"""Chat messages into tokens with the GGUF's own chat template (`tokenizer.chat_template`)."""
+"""Chat messages into the model's input with the GGUF's own chat template (`tokenizer.chat_template`).
+
+Rendered as llama-cpp-python renders it (the same Jinja2 environment and functions), but here, before
+any cache lookup: the key is the text the model will see, so a template that writes today's date
+keys by the date. What the messages' authors wrote is marked as text, so that control-token text in
+it never becomes a control token; the template's own markup is parsed as the template means it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+import json
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from handler.core.errors import BadRequest
-from handler.core.types import ChatMessage
-
-if TYPE_CHECKING:
-    from llama_cpp import Llama
+from handler.core.types import ChatMessage, ModelInput, Segment
+from handler.engine.gguf_header import ChatMetadata
 
 
-@dataclass(frozen=True)
-class RenderedChat:
-    tokens: list[int]
-    stop: tuple[str, ...]
+class _IgnoreGenerationTags(jinja2.ext.Extension):
+    """HuggingFace's `{% generation %}` tag, passed through (as llama-cpp-python and Transformers do)."""
+
+    tags = {"generation"}  # noqa: RUF012 - jinja2's own class attribute
+
+    def parse(self, parser: Any) -> Any:
+        parser.stream.skip(1)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+def _tojson(
+    x: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _raise_exception(message: str) -> None:
+    raise ValueError(message)
+
+
+def _strftime_now(format_string: str) -> str:
+    return datetime.now().strftime(format_string)
 
 
 class ChatTemplate:
-    """The GGUF's `tokenizer.chat_template`, rendered the way llama-cpp-python's own chat handler does."""
-
-    def __init__(self, llama: Llama, template: str) -> None:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        self.llama = llama
-        self.formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=token_text(llama, llama.token_eos()),
-            bos_token=token_text(llama, llama.token_bos()),
+    def __init__(self, metadata: ChatMetadata, template: str) -> None:
+        self.metadata = metadata
+        environment = ImmutableSandboxedEnvironment(
+            loader=jinja2.BaseLoader(),
+            trim_blocks=True,
+            lstrip_blocks=True,
+            extensions=[_IgnoreGenerationTags, jinja2.ext.loopcontrols],
         )
+        environment.filters["tojson"] = _tojson
+        self._template = environment.from_string(template)
 
     @classmethod
-    def of(cls, llama: Llama) -> ChatTemplate | None:
-        template = (getattr(llama, "metadata", None) or {}).get("tokenizer.chat_template")
-        return cls(llama, template) if template else None
+    def of(cls, metadata: ChatMetadata) -> ChatTemplate | None:
+        return cls(metadata, metadata.template) if metadata.template else None
 
-    def render(self, messages: tuple[ChatMessage, ...]) -> RenderedChat:
+    def render(self, messages: tuple[ChatMessage, ...]) -> ModelInput:
         try:
-            as_dicts: list[Any] = [asdict(m) for m in messages]
-            result = self.formatter(messages=as_dicts)
-        except ValueError as exc:  # the template's raise_exception(): these messages do not fit it
+            text = self._template.render(
+                messages=[asdict(m) for m in messages],
+                eos_token=self.metadata.eos_token,
+                bos_token=self.metadata.bos_token,
+                raise_exception=_raise_exception,
+                add_generation_prompt=True,
+                functions=None,
+                function_call=None,
+                tools=None,
+                tool_choice=None,
+                strftime_now=_strftime_now,
+            )
+        except (ValueError, jinja2.TemplateError) as exc:  # raise_exception(): these messages do not fit it
             raise BadRequest(f"The model's chat template refused these messages: {exc}") from exc
-        tokens = self.llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
-        stop: Any = result.stop or ()
-        return RenderedChat(tokens, tuple([stop] if isinstance(stop, str) else stop))
+        # The template writes the begin-of-sequence token itself, as llama-cpp-python's chat handler assumes.
+        return ModelInput(_segments(text, messages), stop=(self.metadata.eos_token,), add_bos=False)
 
 
-def token_text(llama: Llama, token: int) -> str:
-    return llama.detokenize([token], special=True).decode("utf-8", errors="replace") if token != -1 else ""
+def _segments(text: str, messages: tuple[ChatMessage, ...]) -> tuple[Segment, ...]:
+    """The rendered text, with each message's content (where the template wrote it, in order) marked
+    as text. A content the template rewrote beyond recognition stays unmarked only if it holds no
+    angle bracket, the mark of every control token's text; otherwise the request is refused."""
+    segments: list[Segment] = []
+    position = 0
+    for message in messages:
+        content = message.content
+        found = text.find(content, position) if content else -1
+        if found == -1 and content.strip():
+            content = content.strip()  # templates commonly trim
+            found = text.find(content, position)
+        if found == -1:
+            if "<" in message.content or "[" in message.content:
+                raise BadRequest(
+                    f"The model's chat template rewrites {message.role} messages, so control-token text in them "
+                    "cannot be kept as plain text; remove '<' and '[' from the message."
+                )
+            continue
+        if found > position:
+            segments.append(Segment(text[position:found], special=True))
+        segments.append(Segment(content, special=False))
+        position = found + len(content)
+    if position < len(text):
+        segments.append(Segment(text[position:], special=True))
+    return tuple(s for s in segments if s.text)

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from handler.core.config import Settings
 from handler.core.errors import ContextOverflow, GenerationFailed, ModelUnavailable
-from handler.core.types import ChatPrompt, Completion, FinishReason, Prompt, SamplingParams
+from handler.core.types import ChatPrompt, Completion, FinishReason, ModelInput, SamplingParams
 from handler.engine.chat_format import ChatTemplate
+from handler.engine.gguf_header import ChatMetadata, read_chat_metadata
 from handler.engine.model_source import ModelSource, OpenedModel, model_source
 from handler.engine.text_stream import TextStream
 
@@ -104,8 +105,7 @@ class ModelHolder:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._llama: Any = None
         self._opened: OpenedModel | None = None
-        self._template: ChatTemplate | None = None
-        self._has_template: bool | None = None  # known once the model is loaded
+        self._metadata: dict[str, ChatMetadata] = {}  # by model identity
         self.load_seconds: float | None = None
         self.generations = 0
 
@@ -147,12 +147,10 @@ class ModelHolder:
             extra={"model_path": self.settings.model_path, "load_s": self.load_seconds, "model": opened.identity},
         )
         self._llama, self._opened = llama, opened
-        self._template = None
-        self._has_template = None
 
     def complete(
         self,
-        prompt: Prompt,
+        prompt: ModelInput,
         params: SamplingParams,
         deadline: float | None = None,
         *,
@@ -202,7 +200,7 @@ class ModelHolder:
 
     def _complete(
         self,
-        prompt: Prompt,
+        prompt: ModelInput,
         params: SamplingParams,
         deadline: float | None,
         cancelled: threading.Event | None,
@@ -242,16 +240,47 @@ class ModelHolder:
             model_identity=self.identity,
         )
 
-    def _prepare(self, llama: Any, prompt: Prompt, params: SamplingParams) -> tuple[list[int], list[str]]:
-        """The model's input as tokens (tokenized as create_completion tokenizes a string) and the stop strings."""
-        stop = list(params.stop)
-        if isinstance(prompt, ChatPrompt):
-            if self._has_template is None:
-                self._template = ChatTemplate.of(llama)
-                self._has_template = self._template is not None
-            if self._template is not None:
-                rendered = self._template.render(prompt.messages)
-                return rendered.tokens, stop + list(rendered.stop)
-            stop += [s for s in prompt.fallback_stop if s not in stop]
-            prompt = prompt.fallback
-        return llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True), stop
+    def chat_metadata(self, identity: str) -> ChatMetadata:
+        """The chat template and token texts of the model `identity` names, read from the file's header
+        once per model (the loaded file itself when it is that model). Blocking."""
+        metadata = self._metadata.get(identity)
+        if metadata is None:
+            opened = self._opened
+            path = opened.path if opened is not None and opened.identity == identity else self.source.header_path()
+            metadata = self._metadata[identity] = read_chat_metadata(path)
+        return metadata
+
+    def known_chat_input(self, prompt: ChatPrompt, identity: str) -> ModelInput | None:
+        """The model input for chat messages when the model's metadata is at hand; None otherwise."""
+        metadata = self._metadata.get(identity)
+        return None if metadata is None else self._render(prompt, metadata)
+
+    def chat_input(self, prompt: ChatPrompt, identity: str) -> ModelInput:
+        """Chat messages formatted by the model's own template, or the config template's prompt. Blocking."""
+        return self._render(prompt, self.chat_metadata(identity))
+
+    @staticmethod
+    def _render(prompt: ChatPrompt, metadata: ChatMetadata) -> ModelInput:
+        template = ChatTemplate.of(metadata)
+        return template.render(prompt.messages) if template is not None else prompt.fallback
+
+    def _prepare(self, llama: Any, model_input: ModelInput, params: SamplingParams) -> tuple[list[int], list[str]]:
+        """The model's input as tokens, and the stop strings: the request's, then the input's own."""
+        return tokenize(llama, model_input), list(model_input.stops_with(params.stop))
+
+
+def tokenize(llama: Any, model_input: ModelInput) -> list[int]:
+    """Template markup is parsed for control tokens; user text never is. Where the user's text holds no
+    control-token text the two readings agree, and the whole text is tokenized at once, exactly as
+    llama.cpp tokenizes it; otherwise each piece on its own."""
+
+    def pieces(text: str, special: bool, add_bos: bool = False) -> list[int]:
+        return list(llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
+
+    plain = all(
+        s.special or pieces(s.text, special=True) == pieces(s.text, special=False) for s in model_input.segments
+    )
+    if plain:
+        return pieces(model_input.full_text, special=True, add_bos=model_input.add_bos)
+    tokens = pieces("", special=False, add_bos=model_input.add_bos)  # the begin-of-sequence token the model wants
+    return tokens + [token for s in model_input.segments for token in pieces(s.text, s.special)]

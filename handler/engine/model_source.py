@@ -60,6 +60,12 @@ class ModelSource(Protocol):
     def replaced(self, opened: OpenedModel) -> bool:
         """True when the source now holds another file than the one opened (renamed over, rewritten)."""
 
+    def header_path(self) -> str:
+        """A local file to read the model's metadata from; may download. Raises ModelUnavailable."""
+
+    def present(self) -> bool | None:
+        """Whether the model is there to load, when a stat can tell (None: not without a request)."""
+
 
 def sha256_identity(digest: str) -> str:
     return f"sha256:{digest}"
@@ -126,6 +132,12 @@ class LocalSource:
         except OSError:
             return False  # gone from the path: the loaded model is still the one it was
 
+    def header_path(self) -> str:
+        return self.path
+
+    def present(self) -> bool | None:
+        return os.path.isfile(self.path)
+
 
 class S3Source:
     def __init__(self, uri: str, sha256: str | None, download_dir: str, client: Any = None) -> None:
@@ -181,6 +193,12 @@ class S3Source:
 
     def replaced(self, opened: OpenedModel) -> bool:
         return False
+
+    def header_path(self) -> str:
+        return self.local_path()
+
+    def present(self) -> bool | None:
+        return None
 
     def _target(self, head: dict[str, Any] | None) -> Path:
         """Named after the content (sha256, or the object's ETag), so a new model under the same key

@@ -8,6 +8,7 @@ so it is kept even when the caller has gone.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from handler.cache.policy import CachePolicy
 from handler.cache.response_cache import ResponseCache
 from handler.core.config import Settings
 from handler.core.errors import BadRequest, Busy
-from handler.core.types import INCOMPLETE, CacheSource, Completion, Prompt, SamplingParams
+from handler.core.types import INCOMPLETE, CacheSource, ChatPrompt, Completion, ModelInput, Prompt, SamplingParams
 from handler.engine.model import ModelHolder
 from handler.service.answer_stream import Answer, AnswerStream
 from handler.service.single_flight import SingleFlight
@@ -33,7 +34,7 @@ class Keyed:
 
     key: str
     identity: str
-    prompt: Prompt
+    prompt: ModelInput
     params: SamplingParams
 
 
@@ -77,16 +78,22 @@ class ChatService:
         return known if known is not None else await run_in_threadpool(self.model.current_identity)
 
     async def _keyed(self, prompt: Prompt, params: SamplingParams) -> Keyed:
+        """The key is made of what the model will see: chat messages are formatted first, with the
+        template of the model the identity names (read from its file's header, once per model)."""
         identity = await self._identity()
-        return Keyed(self._key(prompt, params, identity), identity, prompt, params)
+        if isinstance(prompt, ChatPrompt):
+            known = self.model.known_chat_input(prompt, identity)
+            if known is None:
+                known = await run_in_threadpool(self.model.chat_input, prompt, identity)
+            model_input = known
+        else:
+            model_input = prompt
+        return Keyed(self._key(model_input, params, identity), identity, model_input, params)
 
-    def _key(self, prompt: Prompt, params: SamplingParams, identity: str) -> str:
-        """A raw prompt is keyed by its text, whichever route sent it (/chat and /v1/completions share
-        answers for the same model input); chat messages by the messages, since which template formats
-        them is known only once the model is loaded."""
-        if isinstance(prompt, str):
-            return cache_key("text", identity, prompt, params, self.settings.n_ctx)
-        return cache_key("chat", identity, prompt.key_material(), params, self.settings.n_ctx)
+    def _key(self, model_input: ModelInput, params: SamplingParams, identity: str) -> str:
+        """The same input is the same answer, whichever route sent it."""
+        params = dataclasses.replace(params, stop=model_input.stops_with(params.stop))
+        return cache_key(identity, model_input.key_material(), params, self.settings.n_ctx)
 
     async def _cached(self, key: str, policy: CachePolicy) -> Answer | None:
         """The cached answer, or None, counted as a miss."""
@@ -119,11 +126,14 @@ class ChatService:
             return cached
 
         def generate() -> Completion:
-            completion = self.model.complete(prompt, params, deadline)
+            completion = self.model.complete(keyed.prompt, params, deadline)
             self._store(keyed, completion, policy)
             return completion
 
-        completion, leader = await self.flights.run(keyed.key, generate, self._free_slots())
+        try:
+            completion, leader = await self.flights.run(keyed.key, generate, self._free_slots())
+        except Busy:
+            raise Busy(self.pending) from None  # flights and streams both count
         return Answer(completion, CacheSource.MISS, shared=not leader)
 
     async def stream(
@@ -145,7 +155,7 @@ class ChatService:
         def generate() -> None:
             try:
                 completion = self.model.complete(
-                    prompt, params, deadline, cancelled=stream.cancelled, on_text=stream.put_text
+                    keyed.prompt, params, deadline, cancelled=stream.cancelled, on_text=stream.put_text
                 )
                 self._store(keyed, completion, policy)
                 stream.finish(completion)

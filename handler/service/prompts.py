@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from handler.core.config import Settings
 from handler.core.errors import BadRequest
-from handler.core.types import ChatMessage, ChatPrompt
+from handler.core.types import ChatMessage, ChatPrompt, ModelInput
 
 ROLE_LABELS = {"user": "Human", "assistant": "Assistant"}
 
@@ -12,6 +12,18 @@ ROLE_LABELS = {"user": "Human", "assistant": "Assistant"}
 def compose(settings: Settings, prompt: str) -> str:
     """Fill the template; braces in the user's prompt are data, never placeholders."""
     return settings.prompt_template.format(system_prompt=settings.system_prompt, prompt=prompt)
+
+
+def chat_input(settings: Settings, prompt: str) -> ModelInput:
+    """/chat's model input: the config template around the user's text, all of it text to the model
+    (a user cannot write a control token), stopping at the template's stop strings."""
+    return ModelInput.text(compose(settings, prompt), stop=tuple(settings.stop))
+
+
+def completion_input(settings: Settings, prompt: str) -> ModelInput:
+    """A raw completion prompt, sent as it is; its control-token text is parsed as llama-server and
+    llama-cpp-python parse it, unless `completion_parse_special` is off."""
+    return ModelInput.text(prompt, special=settings.completion_parse_special)
 
 
 def chat_prompt(settings: Settings, messages: list[ChatMessage]) -> ChatPrompt:
@@ -28,4 +40,4 @@ def chat_prompt(settings: Settings, messages: list[ChatMessage]) -> ChatPrompt:
     fallback = settings.prompt_template.format(
         system_prompt="\n\n".join(systems) if systems else settings.system_prompt, prompt=conversation
     )
-    return ChatPrompt(tuple(messages), fallback, tuple(settings.stop))
+    return ChatPrompt(tuple(messages), ModelInput.text(fallback, stop=tuple(settings.stop)))
