@@ -59,7 +59,7 @@ bench: $(VENV)/.bench-installed $(MODEL)
 # llama.cpp's own server, the peer the engine benchmark compares against: built once from the
 # vendored llama.cpp of the same llama-cpp-python sdist the service runs (about 10 minutes on 2 cores).
 LLAMA_CPP_PYTHON := 0.3.36
-PEER_DIR := build/peer
+PEER_DIR := .peer
 LLAMA_SERVER := $(PEER_DIR)/llama-server
 
 $(LLAMA_SERVER):
@@ -75,4 +75,4 @@ $(LLAMA_SERVER):
 llama-server: $(LLAMA_SERVER)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache build
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .peer

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -127,26 +128,39 @@ def http(app: FastAPI, live_server: Callable[[FastAPI], LiveServer]) -> Iterator
         yield client
 
 
-class WrappedLlama:
-    """The real loaded model behind a seam where a test injects a fault or a delay; passes through otherwise."""
+class WrappedEngine:
+    """The real engine behind a seam where a test injects a fault or a delay; passes through otherwise."""
 
     def __init__(self, real: Any) -> None:
         self.real = real
 
-    def tokenize(self, *args: Any, **kwargs: Any) -> Any:
-        return self.real.tokenize(*args, **kwargs)
+    def submit(self, tokens: list[int], params: Any, **kwargs: Any) -> Future[Any]:
+        return self.real.submit(tokens, params, **kwargs)
 
-    def create_completion(self, **kwargs: Any) -> Any:
-        return self.real.create_completion(**kwargs)
-
-    def __getattr__(self, name: str) -> Any:  # metadata, detokenize, token_eos, ...
+    def __getattr__(self, name: str) -> Any:  # n_ctx, tokenize, stats, close, ...
         return getattr(self.real, name)
 
 
-class PacedLlama(WrappedLlama):
-    """The real model, `per_token_s` slower per token, delay injected at the per-token hook (where the
-    deadline, cancellation and streaming look). Records how many tokens each generation saw, when a
-    test's `watch` event was first seen set (in tokens), and that a generation has ended."""
+class PacedEvent(threading.Event):
+    """A request's cancel flag, which the engine reads once a step for every running request: reading it
+    costs `per_step_s` (the delay injected), counts steps, and notes when a test's `watch` was first set."""
+
+    def __init__(self, inner: threading.Event | None, engine: PacedEngine) -> None:
+        super().__init__()
+        self.inner, self.engine = inner, engine
+
+    def is_set(self) -> bool:
+        engine = self.engine
+        engine.tokens += 1
+        if engine.watch is not None and engine.watch_seen_at is None and engine.watch.is_set():
+            engine.watch_seen_at = engine.tokens
+        time.sleep(engine.per_token_s)
+        return self.inner is not None and self.inner.is_set()
+
+
+class PacedEngine(WrappedEngine):
+    """The real engine, `per_token_s` slower per step. Records how many steps the last generation saw,
+    when a test's `watch` event was first seen set (in steps), and that a generation has ended."""
 
     def __init__(self, real: Any, per_token_s: float = 0.02, watch: threading.Event | None = None) -> None:
         super().__init__(real)
@@ -156,21 +170,27 @@ class PacedLlama(WrappedLlama):
         self.tokens = 0
         self.done = threading.Event()
 
-    def create_completion(self, **kwargs: Any) -> Any:
-        criteria = kwargs["stopping_criteria"]
+    def submit(self, tokens: list[int], params: Any, **kwargs: Any) -> Future[Any]:
         self.tokens = 0
+        kwargs["cancelled"] = PacedEvent(kwargs.get("cancelled"), self)
+        future = super().submit(tokens, params, **kwargs)
+        future.add_done_callback(lambda _: self.done.set())
+        return future
 
-        def paced(input_ids: Any, logits: Any) -> bool:
-            self.tokens += 1
-            if self.watch is not None and self.watch_seen_at is None and self.watch.is_set():
-                self.watch_seen_at = self.tokens
-            time.sleep(self.per_token_s)
-            return criteria(input_ids, logits)
 
-        try:
-            return super().create_completion(**{**kwargs, "stopping_criteria": paced})
-        finally:
-            self.done.set()
+def replaced_result(future: Future[Any], change: Callable[[Any], Any]) -> Future[Any]:
+    """A future of the engine's answer, changed: how a test injects a bad answer."""
+    out: Future[Any] = Future()
+
+    def resolve(done: Future[Any]) -> None:
+        error = done.exception()
+        if error is not None:
+            out.set_exception(error)
+        else:
+            out.set_result(change(done.result()))
+
+    future.add_done_callback(resolve)
+    return out
 
 
 def same_generation(text: str, reference: str, reference_tokens: int, max_tokens: int) -> bool:

@@ -18,11 +18,11 @@ from handler.cache.entry import SCHEMA_VERSION
 from handler.cache.keys import cache_key
 from handler.core.config import Settings
 from handler.core.types import SamplingParams
-from handler.engine.model import ModelHolder, load_llama
+from handler.engine.model import ModelHolder, load_engine
 from handler.engine.model_identity import DigestMemo
 from handler.engine.model_source import LocalSource
 from handler.service.prompts import chat_input
-from tests.conftest import LiveServer, WrappedLlama
+from tests.conftest import LiveServer, WrappedEngine
 from tests.tiny_gguf import write_tiny_gguf
 
 Ask = Callable[..., httpx.Response]
@@ -175,16 +175,16 @@ def test_model_identity_is_the_declared_sha256_or_the_files_own(tiny_model: Path
     assert own != LocalSource(str(other), None, memo).identity()
 
 
-class SlowLlama(WrappedLlama):
-    """The real model, made slow to generate so identical requests overlap: a delay injected, nothing faked."""
+class SlowEngine(WrappedEngine):
+    """The real engine, made slow to generate so identical requests overlap: a delay injected, nothing faked."""
 
-    def create_completion(self, **kwargs):
+    def submit(self, tokens, params, **kwargs):
         time.sleep(0.5)
-        return super().create_completion(**kwargs)
+        return super().submit(tokens, params, **kwargs)
 
 
 def test_identical_concurrent_requests_share_one_generation(settings: Settings, serve) -> None:
-    app, ask = serve(settings, model=ModelHolder(settings, loader=lambda s: SlowLlama(load_llama(s))))
+    app, ask = serve(settings, model=ModelHolder(settings, loader=lambda s: SlowEngine(load_engine(s))))
     results: list[httpx.Response] = []
     threads = [threading.Thread(target=lambda: results.append(ask("together", 12))) for _ in range(8)]
     for t in threads:
@@ -260,22 +260,22 @@ def test_a_bad_disk_entry_is_never_served(settings: Settings, serve, stored: byt
     assert sources(next_container()) == ["HIT-DISK"]  # the bad entry was replaced by the good answer
 
 
-class FlakyLlama(WrappedLlama):
-    """The real model whose first generation fails: the fault injected."""
+class FlakyEngine(WrappedEngine):
+    """The real engine whose first generation fails: the fault injected."""
 
     def __init__(self, real) -> None:
         super().__init__(real)
         self.failed = False
 
-    def create_completion(self, **kwargs):
+    def submit(self, tokens, params, **kwargs):
         if not self.failed:
             self.failed = True
             raise RuntimeError("injected fault")
-        return super().create_completion(**kwargs)
+        return super().submit(tokens, params, **kwargs)
 
 
 def test_errors_are_never_stored(settings: Settings, serve, tmp_path: Path, tiny_model: Path) -> None:
-    app = create_app(settings, model=ModelHolder(settings, loader=lambda s: FlakyLlama(load_llama(s))))
+    app = create_app(settings, model=ModelHolder(settings, loader=lambda s: FlakyEngine(load_engine(s))))
     with LiveServer(app) as server:
         failed = httpx.post(f"{server.url}/chat", json={"prompt": "hello"})
         again = httpx.post(f"{server.url}/chat", json={"prompt": "hello"})

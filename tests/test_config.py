@@ -20,7 +20,7 @@ def test_repository_config_is_valid_and_carries_the_design_defaults() -> None:
     assert settings.system_prompt == "Answer in rhymes!"
     assert settings.prompt_template == "System: {system_prompt}\n\nHuman: {prompt}\n\nAssistant:"
     assert settings.stop == ["Human:"]
-    assert (settings.n_gpu_layers, settings.n_ctx, settings.n_batch) == (50, 2048, 512)
+    assert (settings.n_gpu_layers, settings.n_ctx, settings.n_batch, settings.n_parallel) == (50, 4096, 512, 8)
     assert settings.model_path == str(DEFAULT_CONFIG.parent / "models" / "gemma-3-270m-q4_k_m.gguf")
 
 

@@ -7,13 +7,13 @@ from mangum import Mangum
 
 from handler.app import create_app
 from handler.core.config import Settings
-from handler.engine.model import ModelHolder, load_llama
-from tests.conftest import FakeLambdaContext, LiveServer, PacedLlama, lambda_body, lambda_event
+from handler.engine.model import ModelHolder, load_engine
+from tests.conftest import FakeLambdaContext, LiveServer, PacedEngine, lambda_body, lambda_event
 
 
 def slow_app(settings: Settings, **update) -> object:
     settings = settings.model_copy(update=update)
-    return create_app(settings, model=ModelHolder(settings, loader=lambda s: PacedLlama(load_llama(s))))
+    return create_app(settings, model=ModelHolder(settings, loader=lambda s: PacedEngine(load_engine(s))))
 
 
 def test_timeout_stops_the_generation_says_so_and_is_not_cached(settings: Settings) -> None:

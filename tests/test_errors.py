@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from handler.app import create_app
 from handler.core.config import Settings
-from handler.engine.model import ModelHolder, load_llama
-from tests.conftest import WrappedLlama
+from handler.engine.model import ModelHolder, load_engine
+from tests.conftest import WrappedEngine
 
 
 @pytest.mark.parametrize(
@@ -84,15 +86,17 @@ def test_corrupt_model_is_503(settings: Settings, tiny_model: Path, tmp_path: Pa
     assert "bad.gguf" not in response.text
 
 
-class ExplodingLlama(WrappedLlama):
-    """The real model failing inside generation: the one fault a fake is for."""
+class ExplodingEngine(WrappedEngine):
+    """The real engine failing inside generation: the one fault a fake is for."""
 
-    def create_completion(self, **kwargs):
-        raise RuntimeError("ggml_abort at /secret/path/llama.cpp:1234")
+    def submit(self, tokens, params, **kwargs):
+        failed: Future[Any] = Future()
+        failed.set_exception(RuntimeError("ggml_abort at /secret/path/llama.cpp:1234"))
+        return failed
 
 
 def test_generation_fault_is_500_with_request_id_and_no_internals(settings: Settings, live_server) -> None:
-    model = ModelHolder(settings, loader=lambda s: ExplodingLlama(load_llama(s)))
+    model = ModelHolder(settings, loader=lambda s: ExplodingEngine(load_engine(s)))
     app = create_app(settings, model=model)
     with httpx.Client(base_url=live_server(app).url) as http:
         response = http.post("/chat", json={"prompt": "hi", "max_tokens": 3}, headers={"x-request-id": "trace-42"})

@@ -14,7 +14,7 @@ import httpx
 
 from handler.app import create_app
 from handler.core.config import Settings
-from handler.engine.model import ModelHolder, load_llama
+from handler.engine.model import ModelHolder, load_engine
 from tests.conftest import LiveServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def test_concurrent_first_requests_load_the_model_exactly_once(settings: Setting
     def counting_loader(s: Settings):
         loads.append(time.monotonic())
         time.sleep(0.3)  # widen the window in which the other requests arrive
-        return load_llama(s)
+        return load_engine(s)
 
     app = create_app(settings, model=ModelHolder(settings, loader=counting_loader))
     results: list[httpx.Response] = []

@@ -15,19 +15,19 @@ import httpx
 
 from handler.app import create_app
 from handler.core.config import Settings
-from handler.engine.model import ModelHolder, load_llama
+from handler.engine.model import ModelHolder, load_engine
 from handler.service.prompts import chat_input
-from tests.conftest import LiveServer, WrappedLlama
+from tests.conftest import LiveServer, WrappedEngine
 
 CLIENTS, REQUESTS_EACH, MAX_TOKENS = 64, 3, 8
 
 
-class SteadyLlama(WrappedLlama):
-    """The real model at 30 ms a generation, so that the queue fills: a delay injected."""
+class SteadyEngine(WrappedEngine):
+    """The real engine, 30 ms slower a generation, so that the queue fills: a delay injected."""
 
-    def create_completion(self, **kwargs):
+    def submit(self, tokens, params, **kwargs):
         time.sleep(0.03)
-        return super().create_completion(**kwargs)
+        return super().submit(tokens, params, **kwargs)
 
 
 def test_64_concurrent_clients_get_right_answers_or_429(settings: Settings) -> None:
@@ -39,7 +39,7 @@ def test_64_concurrent_clients_get_right_answers_or_429(settings: Settings) -> N
         for c in range(CLIENTS)
     ]
     reference_model = ModelHolder(settings)
-    app = create_app(settings, model=ModelHolder(settings, loader=lambda s: SteadyLlama(load_llama(s))))
+    app = create_app(settings, model=ModelHolder(settings, loader=lambda s: SteadyEngine(load_engine(s))))
     app_params = app.state.chat.sampling(MAX_TOKENS)
     expected = {
         p: reference_model.complete(chat_input(settings, p), app_params).text.strip()
@@ -87,13 +87,13 @@ def test_64_concurrent_clients_get_right_answers_or_429(settings: Settings) -> N
 
 
 def test_a_full_queue_refuses_new_work_with_429_but_lets_identical_requests_join(settings: Settings) -> None:
-    class Slow(WrappedLlama):
-        def create_completion(self, **kwargs):
+    class Slow(WrappedEngine):
+        def submit(self, tokens, params, **kwargs):
             time.sleep(0.5)
-            return super().create_completion(**kwargs)
+            return super().submit(tokens, params, **kwargs)
 
     settings = settings.model_copy(update={"max_pending_generations": 1})
-    app = create_app(settings, model=ModelHolder(settings, loader=lambda s: Slow(load_llama(s))))
+    app = create_app(settings, model=ModelHolder(settings, loader=lambda s: Slow(load_engine(s))))
     results: dict[str, httpx.Response] = {}
     with LiveServer(app) as server:
 
@@ -118,30 +118,38 @@ def test_a_full_queue_refuses_new_work_with_429_but_lets_identical_requests_join
     assert app.state.model.generations == 1
 
 
-class ThreadNotingLlama(WrappedLlama):
-    """The real model, noting which threads call it."""
+class NotingEvent(threading.Event):
+    """A request's cancel flag, which the engine reads at every decoding step: it notes the thread."""
 
-    def __init__(self, real: Any, threads: set[int]) -> None:
+    def __init__(self, inner: threading.Event | None, threads: set[str]) -> None:
+        super().__init__()
+        self.inner, self.threads = inner, threads
+
+    def is_set(self) -> bool:
+        self.threads.add(threading.current_thread().name)
+        return self.inner is not None and self.inner.is_set()
+
+
+class ThreadNotingEngine(WrappedEngine):
+    """The real engine, noting which threads run its decoding steps."""
+
+    def __init__(self, real: Any, threads: set[str]) -> None:
         super().__init__(real)
         self.threads = threads
 
-    def tokenize(self, *args: Any, **kwargs: Any) -> Any:
-        self.threads.add(threading.get_ident())
-        return super().tokenize(*args, **kwargs)
-
-    def create_completion(self, **kwargs: Any) -> Any:
-        self.threads.add(threading.get_ident())
-        return super().create_completion(**kwargs)
+    def submit(self, tokens: list[int], params: Any, **kwargs: Any) -> Any:
+        kwargs["cancelled"] = NotingEvent(kwargs.get("cancelled"), self.threads)
+        return super().submit(tokens, params, **kwargs)
 
 
-def test_every_load_and_generation_runs_on_one_thread(settings: Settings) -> None:
+def test_every_generation_decodes_on_the_one_engine_thread(settings: Settings) -> None:
     """llama.cpp's OpenMP keeps a worker pool per calling thread, and a second pool makes every token sleep
-    at its barriers (handler/model.py): concurrent requests on every route, streams too, use one thread."""
-    threads: set[int] = set()
+    at its barriers (handler/engine/threads.py): concurrent requests on every route, streams too, decode on
+    the scheduler's one thread."""
+    threads: set[str] = set()
 
-    def loader(s: Settings) -> ThreadNotingLlama:
-        threads.add(threading.get_ident())
-        return ThreadNotingLlama(load_llama(s), threads)
+    def loader(s: Any) -> ThreadNotingEngine:
+        return ThreadNotingEngine(load_engine(s), threads)
 
     app = create_app(settings, model=ModelHolder(settings, loader=loader))
     model = settings.served_model
@@ -162,4 +170,4 @@ def test_every_load_and_generation_runs_on_one_thread(settings: Settings) -> Non
             statuses = list(pool.map(ask, range(24)))
     assert statuses == [200] * 24
     assert app.state.model.generations == 24
-    assert len(threads) == 1
+    assert threads == {"llama-scheduler"}

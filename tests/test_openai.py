@@ -18,9 +18,9 @@ from mangum import Mangum
 from handler.app import create_app
 from handler.core.config import Settings
 from handler.core.types import ChatMessage
-from handler.engine.model import ModelHolder, load_llama
+from handler.engine.model import ModelHolder, load_engine
 from handler.service.prompts import chat_prompt, compose
-from tests.conftest import FakeLambdaContext, LiveServer, PacedLlama, lambda_body, lambda_event, lines, same_generation
+from tests.conftest import FakeLambdaContext, LiveServer, PacedEngine, lambda_body, lambda_event, lines, same_generation
 from tests.tiny_gguf import write_tiny_gguf
 
 TEMPLATE = (
@@ -269,11 +269,11 @@ def test_context_overflow_before_a_stream_is_a_plain_400(http: httpx.Client) -> 
     assert "context" in response.json()["error"]["message"]
 
 
-def paced_app(settings: Settings, **pacing: Any) -> tuple[FastAPI, list[PacedLlama]]:
-    made: list[PacedLlama] = []
+def paced_app(settings: Settings, **pacing: Any) -> tuple[FastAPI, list[PacedEngine]]:
+    made: list[PacedEngine] = []
 
-    def loader(s: Settings) -> PacedLlama:
-        made.append(PacedLlama(load_llama(s), **pacing))
+    def loader(s: Settings) -> PacedEngine:
+        made.append(PacedEngine(load_engine(s), **pacing))
         return made[-1]
 
     return create_app(settings, model=ModelHolder(settings, loader=loader)), made

@@ -6,6 +6,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from handler.cache.entry import SCHEMA_VERSION
 from handler.cache.shared import ENTRY, EXPIRES, KEY
 from handler.core.config import Settings
 from handler.core.errors import ModelUnavailable
-from handler.engine.model import ModelHolder, load_llama
-from tests.conftest import FakeLambdaContext, WrappedLlama, lambda_body, lambda_event
+from handler.engine.model import ModelHolder, load_engine
+from tests.conftest import FakeLambdaContext, WrappedEngine, lambda_body, lambda_event, replaced_result
 
 TABLE = "chat-cache"
 
@@ -46,7 +47,7 @@ def never_loads(settings: Settings) -> Any:
 class Container:
     """One function container: its own app, memory and /tmp disk; the table is the only thing shared."""
 
-    def __init__(self, settings: Settings, tmp_path: Path, name: str, loader: Any = load_llama, **update: Any) -> None:
+    def __init__(self, settings: Settings, tmp_path: Path, name: str, loader: Any = load_engine, **update: Any) -> None:
         self.settings = settings.model_copy(
             update={"cache_dir": str(tmp_path / name), "cache_table": TABLE, "cache_table_retry_seconds": 0, **update}
         )
@@ -115,19 +116,17 @@ def test_a_bad_item_is_never_served(dynamodb: Any, settings: Settings, tmp_path:
     assert (source, status) == ("MISS", 200)
 
 
-class Bloated(WrappedLlama):
-    """The real model's answer, made larger than a DynamoDB item may be: the fault injected."""
+class Bloated(WrappedEngine):
+    """The real engine's answer, made larger than a DynamoDB item may be: the fault injected."""
 
-    def create_completion(self, **kwargs: Any) -> Any:
-        out = self.real.create_completion(**kwargs)
-        out["choices"][0]["text"] = "x" * 450_000
-        return out
+    def submit(self, tokens: list[int], params: Any, **kwargs: Any) -> Any:
+        return replaced_result(super().submit(tokens, params, **kwargs), lambda g: replace(g, text="x" * 450_000))
 
 
 def test_an_answer_over_the_item_limit_is_kept_locally_and_skipped_with_a_log_line(
     dynamodb: Any, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    container = Container(settings, tmp_path, "a", loader=lambda s: Bloated(load_llama(s)))
+    container = Container(settings, tmp_path, "a", loader=lambda s: Bloated(load_engine(s)))
     with caplog.at_level(logging.INFO, logger="handler.cache.shared"):
         source, status, body = container.chat("big")
     assert (source, status, len(body["text"])) == ("MISS", 200, 450_000)

@@ -58,6 +58,18 @@ class Settings(BaseModel):
     n_gpu_layers: int = Field(50, ge=-1, description="Layers offloaded to the GPU; ignored without one.")
     n_ctx: int = Field(2048, ge=64, le=131072, description="Context window in tokens.")
     n_batch: int = Field(512, ge=1, description="Prompt tokens evaluated per batch.")
+    n_parallel: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Most generations decoding together, in one llama.cpp batch (continuous batching). They "
+        "share one KV cache of n_ctx tokens; a request that does not fit next to the running ones waits.",
+    )
+    reuse_prompt_prefix: bool = Field(
+        True,
+        description="Keep a finished generation's KV cache, so a request that starts with the same tokens "
+        "(the system prompt and template) decodes only the rest, as llama-server's cache_prompt does.",
+    )
     n_threads: int | None = Field(None, ge=1, description="CPU threads; all usable cores when unset.")
     use_mmap: bool = Field(
         True,

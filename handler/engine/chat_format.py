@@ -62,10 +62,6 @@ class ChatTemplate:
         environment.filters["tojson"] = _tojson
         self._template = environment.from_string(template)
 
-    @classmethod
-    def of(cls, metadata: ChatMetadata) -> ChatTemplate | None:
-        return cls(metadata, metadata.template) if metadata.template else None
-
     def render(self, messages: tuple[ChatMessage, ...]) -> ModelInput:
         try:
             text = self._template.render(

@@ -1,0 +1,94 @@
+"""What the engine is asked for and gives back, without importing llama.cpp: the service imports this
+at start-up, the engine itself (`handler.engine.scheduler`) only when the model is first needed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from handler.core.types import FinishReason, SamplingParams
+
+
+class SchedulerError(RuntimeError):
+    """Base of the scheduler's own errors."""
+
+
+class SchedulerLoadError(SchedulerError):
+    """The model or its context could not be created; nothing was kept."""
+
+
+class SchedulerClosed(SchedulerError):
+    """The scheduler was closed (or stopped on a fault) before this work was done."""
+
+
+class DecodeError(SchedulerError):
+    """llama_decode failed for a batch this sequence was in; other sequences go on."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the model and its context need."""
+
+    model_path: str
+    n_ctx: int  # tokens in the one KV pool all sequences share (kv_unified)
+    n_batch: int  # tokens per llama_decode, new tokens and prompt chunks together
+    n_parallel: int  # slots: sequences decoding at once
+    n_threads: int  # <= 0: every usable core
+    n_gpu_layers: int
+    use_mmap: bool
+    cache_prompt: bool = True  # keep finished sequences' KV cells for prefix reuse
+    flash_attn: bool = False  # llama-cpp-python's default, so answers match create_completion's
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    # from admission to the answer, not counting the wait for a slot; not part of the answer's equality
+    generation_seconds: float = field(compare=False)
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    """A snapshot for metrics and health."""
+
+    slots: int
+    active: int  # sequences admitted and not finished
+    waiting: int  # submitted, not admitted yet
+    n_ctx: int  # KV cells in the pool
+    reserved_cells: int  # worst case of the active sequences
+    cached_cells: int  # cells idle slots keep for prefix reuse
+    steps: int  # llama_decode calls
+    batch_tokens: int  # tokens decoded in all
+    prompt_tokens_reused: int  # prompt tokens not decoded thanks to a cached prefix
+    generated_tokens: int
+    finished: int
+    decode_failures: int
+
+
+class Engine(Protocol):
+    """A loaded model that generates; `handler.engine.scheduler.Scheduler` is the one implementation."""
+
+    @property
+    def n_ctx(self) -> int: ...
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]: ...
+
+    def submit(
+        self,
+        tokens: list[int],
+        params: SamplingParams,
+        *,
+        deadline: float | None = None,
+        cancelled: threading.Event | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Future[Generated]: ...
+
+    def stats(self) -> SchedulerStats: ...
+
+    def close(self) -> None: ...
