@@ -5,11 +5,20 @@ PYTHON ?= python3
 VENV   ?= .venv
 TOOLS  ?= .venv-tools
 PY     := $(VENV)/bin/python
-MODEL  := models/gemma-3-270m-q4_k_m.gguf
+GEMMA_ENV := CHAT_MODEL_PATH=models/gemma-3-270m-q4_k_m.gguf CHAT_MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+# The embedded model to serve: smollm2 (SmolLM2-135M-Instruct, the default) or gemma (Gemma 3 270M, a base model).
+MODEL  ?= smollm2
+ifeq ($(MODEL),gemma)
+MODEL_FILE := models/gemma-3-270m-q4_k_m.gguf
+MODEL_ENV  := $(GEMMA_ENV)
+else
+MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL_ENV  :=
+endif
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install serve test test-quick lint bench model llama-server clean
+.PHONY: install serve test test-quick lint bench bench-engine model llama-server clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,13 +40,13 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-$(MODEL): $(VENV)/.installed
-	$(PY) -m handler.cli.assemble_model $(MODEL)
+$(MODEL_FILE): $(VENV)/.installed
+	$(PY) -m handler.cli.assemble_model --model $(MODEL) $(MODEL_FILE)
 
-model: $(MODEL)
+model: $(MODEL_FILE)
 
 serve: install model
-	HOST=$(HOST) PORT=$(PORT) $(PY) -m handler
+	HOST=$(HOST) PORT=$(PORT) $(MODEL_ENV) $(PY) -m handler
 
 # Lint, format check and strict types, before any test runs.
 lint: install
@@ -53,8 +62,10 @@ test-quick: install
 	$(PY) -m pytest -m "not deploy" -q
 
 # By hand, not in CI: prints the comparison tables, writes bench/results/{results.json,compare.png}.
-bench: $(VENV)/.bench-installed $(MODEL)
-	$(PY) bench/compare.py
+# The benchmarks measure Gemma 3 270M, the model of every figure in the README.
+bench: $(VENV)/.bench-installed
+	$(MAKE) model MODEL=gemma
+	$(GEMMA_ENV) $(PY) bench/compare.py
 
 # llama.cpp's own server, the peer the engine benchmark compares against: built once from the
 # vendored llama.cpp of the same llama-cpp-python sdist the service runs (about 10 minutes on 2 cores).
@@ -73,6 +84,11 @@ $(LLAMA_SERVER):
 		$(PEER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/build/bin/llama-batched-bench $(PEER_DIR)/
 
 llama-server: $(LLAMA_SERVER)
+
+# The engine against llama.cpp's own llama-server, by hand: prints its tables, writes bench/results/.
+bench-engine: $(VENV)/.bench-installed $(LLAMA_SERVER)
+	$(MAKE) model MODEL=gemma
+	$(PY) bench/engine_compare.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .peer

@@ -26,7 +26,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from handler.core.types import SamplingParams
-from handler.engine.scheduler import EngineSettings, Generated, Scheduler
+from handler.engine.contract import EngineSettings, Generated
+from handler.engine.scheduler import Scheduler
 
 TOPICS = [
     "a lighthouse keeper",

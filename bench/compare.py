@@ -48,7 +48,7 @@ RAW_SETUP = r"""
 import json, sys, time
 from llama_cpp import Llama
 from handler.core.config import load_settings
-from handler.engine.model import usable_cores
+from handler.engine.threads import usable_cores
 from handler.service.prompts import compose
 s = load_settings()
 threads = usable_cores()  # as the service does; llama-cpp-python's default is half

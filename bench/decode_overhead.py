@@ -49,12 +49,13 @@ if layer.startswith("raw"):
         return out["usage"]["completion_tokens"]
 elif layer.startswith("holder"):
     from handler.core.config import Settings
+    from handler.core.types import ModelInput
     from handler.engine.model import ModelHolder
     settings = Settings(model_path=model, n_gpu_layers=0, n_threads=threads, cache_dir=None, stop=[])
     holder = ModelHolder(settings)
     params = settings.sampling(tokens)
     def generate(i):
-        return holder.complete(f"{prompt} {i}", params).completion_tokens
+        return holder.complete(ModelInput.text(f"{prompt} {i}", special=True), params).completion_tokens
 elif layer == "service-burst":
     import httpx
     from handler.app import create_app

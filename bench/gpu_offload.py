@@ -27,7 +27,7 @@ def raw(model: str, layers: int, decode_tokens: int, runs: int) -> dict[str, Any
     """Prompt speed on a 500-word prompt, and the same requests the service gets below, straight."""
     from llama_cpp import Llama
 
-    from handler.engine.model import usable_cores
+    from handler.engine.threads import usable_cores
 
     threads = usable_cores()  # as the service uses; llama-cpp-python's default is half
     started = time.perf_counter()

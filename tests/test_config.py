@@ -21,7 +21,7 @@ def test_repository_config_is_valid_and_carries_the_design_defaults() -> None:
     assert settings.prompt_template == "System: {system_prompt}\n\nHuman: {prompt}\n\nAssistant:"
     assert settings.stop == ["Human:"]
     assert (settings.n_gpu_layers, settings.n_ctx, settings.n_batch, settings.n_parallel) == (50, 4096, 512, 8)
-    assert settings.model_path == str(DEFAULT_CONFIG.parent / "models" / "gemma-3-270m-q4_k_m.gguf")
+    assert settings.model_path == str(DEFAULT_CONFIG.parent / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def test_environment_overrides_file_and_config_path(tmp_path: Path) -> None:

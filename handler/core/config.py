@@ -37,7 +37,7 @@ class Settings(BaseModel):
 
     # Model
     model_path: str = Field(
-        "models/gemma-3-270m-q4_k_m.gguf",
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="GGUF file to serve: a path (relative to the config file's folder) or s3://bucket/key.",
     )
     model_download_dir: str = Field(
