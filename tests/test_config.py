@@ -91,3 +91,9 @@ def test_missing_config_file_says_how_to_point_elsewhere(tmp_path: Path) -> None
 
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, ""), environ={}).n_ctx == Settings().n_ctx
+
+
+def test_metrics_off_is_a_word_in_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "metrics: off\nmodel_sha256: null\n")
+    assert load_settings(path, environ={}).metrics == "off"
+    assert load_settings(path, environ={"CHAT_METRICS": "off"}).metrics == "off"

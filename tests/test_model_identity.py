@@ -144,6 +144,7 @@ def test_a_declared_sha256_the_file_does_not_match_stores_nothing(
         response = server.client.post("/chat", json={"prompt": "P", "max_tokens": 12})
     assert response.status_code == 503
     assert any("model_sha256" in str(record.getMessage()) for record in caplog.records)
+    assert response.json()["error"]["type"] == "model_mismatch"
     assert not server.loaded
     assert server.app.state.chat.cache.tier("disk").stats()["entries"] == 0
 

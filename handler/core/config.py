@@ -13,7 +13,7 @@ import os
 import string
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -216,6 +216,12 @@ class Settings(BaseModel):
     def served_model(self) -> str:
         return self.model_name or self.model_path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf")
 
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _off_is_a_word(cls, value: object) -> object:
+        """YAML reads an unquoted `metrics: off` as false."""
+        return "off" if value is False else value
+
     @field_validator("model_path")
     @classmethod
     def _local_or_s3(cls, path: str) -> str:
@@ -281,8 +287,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is None:
             continue
-        if field.annotation is str:
-            overrides[name] = raw
+        if field.annotation is str or get_origin(field.annotation) is Literal:
+            overrides[name] = raw  # a word, never YAML's boolean: `off` is a value of `metrics`
         elif field.annotation == str | None:
             overrides[name] = raw or None  # an empty variable clears the file's value
         else:

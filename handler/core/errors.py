@@ -32,6 +32,16 @@ class ModelUnavailable(ServiceError):
     public_message = "The model could not be loaded. It is retried on the next request; try again shortly."
 
 
+class ModelMismatch(ModelUnavailable):
+    """The model file is not the one the configuration declares: retrying will not help, fixing it will."""
+
+    error_type = "model_mismatch"
+    public_message = (
+        "The model file does not match this service's configured model_sha256; the operator has to fix the "
+        "file or the setting (the log names both digests)."
+    )
+
+
 class ServiceUnavailable(ServiceError):
     """Something the service needs (a secret, a store) cannot be reached now; a later request tries again."""
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from handler.core.config import Settings
-from handler.core.errors import ModelUnavailable
+from handler.core.errors import ModelMismatch, ModelUnavailable
 from handler.engine.file_digest import sha256_of
 from handler.engine.model_identity import DigestMemo, FileVersion
 
@@ -115,7 +115,7 @@ class LocalSource:
             version = FileVersion.of(os.fstat(fd))
             digest = self.memo.digest(self.path, version, opened=fd)
             if self.sha256 and digest != self.sha256:
-                raise ModelUnavailable(
+                raise ModelMismatch(
                     f"model file {self.path} has sha256 {digest}, but model_sha256 in the config is {self.sha256}: "
                     "nothing is loaded or stored under the declared identity until they agree"
                 )
