@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from handler.api import chat, health, openai
+from handler.api import chat, health, openai, tokens
 from handler.cache.response_cache import ResponseCache
 from handler.core.config import Settings, load_settings
 from handler.engine.model import ModelHolder
@@ -52,5 +52,6 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     app.add_middleware(RequestContextMiddleware, record=app.state.metrics.record)
     app.include_router(chat.router)
     app.include_router(openai.router)
+    app.include_router(tokens.router)
     app.include_router(health.router)
     return app

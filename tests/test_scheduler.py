@@ -399,3 +399,129 @@ def test_load_failure_leaves_no_thread(tmp_path: Path) -> None:
         with pytest.raises(SchedulerLoadError):
             Scheduler.load(EngineSettings(str(path), 256, 64, 2, 1, 0, True))
     assert {t.name for t in threading.enumerate()} <= before
+
+
+# ---- grammars, logit bias and log-probabilities ----------------------------------------------------
+
+A = 0x61 + 4  # the tiny vocabulary's token for b"a" (4 control tokens, then the 256 bytes)
+
+
+def test_grammar_and_logit_bias_follow_create_completion(engine: Factory, reference: Any) -> None:
+    """The grammar after the penalties and the logit bias first, as llama-cpp-python's chain has them."""
+    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    scheduler = engine(n_parallel=2)
+    bias = {A: 3.0, 50: -100.0}
+    for prompt in PROMPTS[:3]:
+        prompt_tokens = tokens(scheduler, prompt)
+        out = reference.create_completion(
+            prompt_tokens, max_tokens=30, temperature=0, grammar=LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        )
+        ours = scheduler.submit(prompt_tokens, params(30, grammar=JSON_GBNF)).result(timeout=30)
+        assert same_generation(ours.text, out["choices"][0]["text"], out["usage"]["completion_tokens"], 30), prompt
+        assert ours.text.startswith("{")
+        out = reference.create_completion(prompt_tokens, max_tokens=30, temperature=0, logit_bias=bias)
+        ours = scheduler.submit(prompt_tokens, params(30, logit_bias=tuple(sorted(bias.items())))).result(timeout=30)
+        assert same_generation(ours.text, out["choices"][0]["text"], out["usage"]["completion_tokens"], 30), prompt
+
+
+def test_a_schema_grammar_holds_each_answer_mid_batch(engine: Factory, tiny_model: Path) -> None:
+    import json
+
+    from handler.engine.model import json_grammar
+
+    schema = {
+        "type": "object",
+        "properties": {"kind": {"enum": ["cat", "dog"]}, "legs": {"type": "integer"}, "ok": {"type": "boolean"}},
+        "required": ["kind", "legs", "ok"],
+        "additionalProperties": False,
+    }
+    structured = params(120, grammar=json_grammar(schema))
+    scheduler = engine(n_parallel=4)
+    prompts = [tokens(scheduler, p) for p in PROMPTS[:4]]
+    futures = [scheduler.submit(t, structured if i % 2 == 0 else params(40)) for i, t in enumerate(prompts)]
+    results = [f.result(timeout=30) for f in futures]
+    for i in (0, 2):
+        assert results[i].finish_reason == FinishReason.STOP
+        answer = json.loads(results[i].text)
+        assert set(answer) == {"kind", "legs", "ok"} and answer["kind"] in ("cat", "dog")
+        assert isinstance(answer["legs"], int) and isinstance(answer["ok"], bool)
+    assert results[0] == alone(tiny_model, [prompts[0]], structured)[0]
+    assert results[1] == alone(tiny_model, [prompts[1]], params(40))[0]  # its neighbour's grammar is not its own
+
+
+def test_logit_bias_forces_and_bans_tokens(engine: Factory) -> None:
+    scheduler = engine(n_parallel=2)
+    prompt_tokens = tokens(scheduler, PROMPTS[0])
+    forced = scheduler.submit(prompt_tokens, params(12, logit_bias=((A, 100.0),))).result(timeout=30)
+    assert forced.text == "a" * 12
+    plain = scheduler.submit(prompt_tokens, params(1, logprobs=0)).result(timeout=30)
+    first = plain.logprobs[0].token if plain.logprobs else b""
+    assert len(first) == 1  # a byte token: its id is its byte + 4
+    banned = scheduler.submit(prompt_tokens, params(1, logit_bias=((first[0] + 4, -100.0),), logprobs=0)).result(
+        timeout=30
+    )
+    assert banned.logprobs is not None and banned.logprobs[0].token != first
+
+
+def test_logprobs_are_llama_cpp_pythons(engine: Factory, tiny_model: Path) -> None:
+    """The same log-softmax of the same logits; the greedy token is the most likely one."""
+    from llama_cpp import Llama
+
+    reference = Llama(model_path=str(tiny_model), n_ctx=CONTEXT, n_threads=1, seed=0, verbose=False, logits_all=True)
+    scheduler = engine(n_parallel=2)
+    for prompt in PROMPTS[:3]:
+        prompt_tokens = tokens(scheduler, prompt)
+        out = reference.create_completion(prompt_tokens, max_tokens=10, temperature=0, logprobs=3)
+        ours = scheduler.submit(prompt_tokens, params(10, logprobs=5)).result(timeout=30)
+        assert ours.logprobs is not None and len(ours.logprobs) == ours.completion_tokens
+        expected = out["choices"][0]["logprobs"]["token_logprobs"][: ours.completion_tokens]
+        assert [e.logprob for e in ours.logprobs] == pytest.approx([float(x) for x in expected], abs=1e-5)
+        assert b"".join(e.token for e in ours.logprobs).decode("utf-8", errors="ignore") == ours.text
+        for entry in ours.logprobs:
+            assert len(entry.top) == 5
+            assert entry.top[0] == (entry.token, entry.logprob)  # greedy: the most likely token
+            assert [lp for _, lp in entry.top] == sorted((lp for _, lp in entry.top), reverse=True)
+
+
+def test_logprobs_change_nothing_and_end_where_a_stop_string_cuts(engine: Factory) -> None:
+    scheduler = engine(n_parallel=3)
+    found = []
+    for prompt in PROMPTS:
+        prompt_tokens = tokens(scheduler, prompt)
+        plain, counted = (scheduler.submit(prompt_tokens, params(40, logprobs=n)) for n in (None, 2))
+        plain_result, full = plain.result(timeout=30), counted.result(timeout=30)
+        assert plain_result.logprobs is None and full.logprobs is not None
+        assert (plain_result.text, plain_result.completion_tokens) == (full.text, full.completion_tokens)
+        data = b"".join(e.token for e in full.logprobs)  # the answer's bytes, before UTF-8 decoding
+        found += [(prompt_tokens, full, data[i : i + 2]) for i in range(3, len(data) - 2) if data[i : i + 2].isalnum()]
+    prompt_tokens, full, stop = found[0]
+    assert full.logprobs is not None
+    cut = scheduler.submit(prompt_tokens, params(40, stop=(stop.decode(),), logprobs=2)).result(timeout=30)
+    assert cut.finish_reason == FinishReason.STOP and cut.text == full.text[: full.text.index(stop.decode())]
+    assert cut.logprobs is not None and b"".join(e.token for e in cut.logprobs).decode("utf-8", "ignore") == cut.text
+    # the same tokens; their values as close as batching leaves them (other batches, other float sums)
+    assert [e.token for e in cut.logprobs[:-1]] == [e.token for e in full.logprobs[: len(cut.logprobs) - 1]]
+    assert [e.logprob for e in cut.logprobs] == pytest.approx(
+        [e.logprob for e in full.logprobs[: len(cut.logprobs)]], abs=1e-4
+    )
+    assert len(cut.logprobs) < cut.completion_tokens  # the stop string's tokens are counted, not listed
+
+
+def test_what_only_the_model_can_check_is_refused_at_submit(engine: Factory) -> None:
+    from handler.engine.contract import InvalidRequest
+
+    scheduler = engine()
+    prompt_tokens = tokens(scheduler, "x")
+    for bad, param in [
+        (params(4, logit_bias=((scheduler.n_vocab, 1.0),)), "logit_bias"),
+        (params(4, grammar="root ::= ("), "response_format"),
+    ]:
+        with pytest.raises(InvalidRequest) as caught:
+            scheduler.submit(prompt_tokens, bad)
+        assert caught.value.param == param
+    with pytest.raises(InvalidRequest):
+        scheduler.token_piece(scheduler.n_vocab)
+    assert scheduler.token_piece(1) == b"<s>" and scheduler.token_piece(A) == b"a"
+    assert scheduler.submit(prompt_tokens, params(3)).result(timeout=30).completion_tokens == 3  # still serving

@@ -6,6 +6,7 @@ OpenAI client (and whatever is built on it) works unchanged against this service
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from handler.api.common import log_answer, remaining_ms
 from handler.api.deps import ChatServiceDep
@@ -21,7 +23,11 @@ from handler.api.openai_schemas import (
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatLogprobs,
+    ChatTokenLogprob,
+    ChatTopLogprob,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     ModelCard,
@@ -34,6 +40,7 @@ from handler.api.sse import ChunkBuilder, events, sse_response
 from handler.cache.policy import cache_policy
 from handler.core.errors import NotFound
 from handler.core.types import ChatMessage, Completion, FinishReason, Prompt, SamplingParams
+from handler.engine.model import json_grammar
 from handler.service.chat_service import ChatService
 from handler.service.prompts import chat_prompt, completion_input
 
@@ -74,11 +81,15 @@ def check_model(service: ChatService, model: str) -> None:
         )
 
 
-def sampling(service: ChatService, body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
+async def sampling(service: ChatService, body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
     """The request's own values over the service's defaults; its stop strings replace config's."""
     check_model(service, body.model)
     body.unsupported()
     params = service.sampling(max_tokens)
+    logprobs = body.logprobs_asked()
+    structured, schema = body.structured_schema()
+    # The converter imports llama_cpp (once, on a thread: it loads the library); plain requests never do.
+    grammar = await run_in_threadpool(json_grammar, schema) if structured else None
     overrides = {
         name: getattr(body, name)
         for name in (
@@ -93,7 +104,12 @@ def sampling(service: ChatService, body: OpenAIRequest, max_tokens: int | None) 
         )
     }
     return dataclasses.replace(
-        params, stop=tuple(body.stop or ()), **{name: value for name, value in overrides.items() if value is not None}
+        params,
+        stop=tuple(body.stop or ()),
+        grammar=grammar,
+        logit_bias=body.bias(),
+        logprobs=logprobs,
+        **{name: value for name, value in overrides.items() if value is not None},
     )
 
 
@@ -101,6 +117,60 @@ def openai_finish_reason(completion: Completion) -> str:
     """OpenAI knows `stop` and `length`; a generation cut by the deadline is `length` (truncated), and
     the `X-Finish-Reason` header says `time_limit`."""
     return "length" if completion.finish_reason == FinishReason.TIME_LIMIT else completion.finish_reason.value
+
+
+def token_text(token: bytes) -> str:
+    """A token's text; part of a UTF-8 character is spelled as OpenAI spells it (its `bytes` are exact)."""
+    try:
+        return token.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in token)
+
+
+def chat_logprobs(completion: Completion) -> ChatLogprobs | None:
+    if completion.logprobs is None:
+        return None
+    return ChatLogprobs(
+        content=[
+            ChatTokenLogprob(
+                token=token_text(entry.token),
+                logprob=entry.logprob,
+                bytes=list(entry.token),
+                top_logprobs=[
+                    ChatTopLogprob(token=token_text(token), logprob=logprob, bytes=list(token))
+                    for token, logprob in entry.top
+                ],
+            )
+            for entry in completion.logprobs
+        ]
+    )
+
+
+def completion_logprobs(completion: Completion, prompt: str) -> CompletionLogprobs | None:
+    """The legacy shape; offsets count characters from the prompt's start, as OpenAI's (and
+    llama-cpp-python's) do when the prompt is not echoed."""
+    if completion.logprobs is None:
+        return None
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")  # as the text is decoded
+    offsets = []
+    offset = len(prompt)
+    for entry in completion.logprobs:
+        offsets.append(offset)
+        offset += len(decoder.decode(entry.token))
+    return CompletionLogprobs(
+        tokens=[token_text(entry.token) for entry in completion.logprobs],
+        token_logprobs=[entry.logprob for entry in completion.logprobs],
+        top_logprobs=[top_dict(entry.top) for entry in completion.logprobs],
+        text_offset=offsets,
+    )
+
+
+def top_dict(top: tuple[tuple[bytes, float], ...]) -> dict[str, float]:
+    """Most likely first; of tokens that read the same (control tokens, say), the first is kept."""
+    out: dict[str, float] = {}
+    for token, logprob in top:
+        out.setdefault(token_text(token), logprob)
+    return out
 
 
 def usage(completion: Completion) -> Usage:
@@ -141,7 +211,7 @@ async def respond(
     def finished(completion: Completion) -> None:
         log_answer(request, stream.source, completion, logged_prompt, stream=True)
 
-    body_events = events(stream, chunk, openai_finish_reason, usage_chunk if include_usage else None, finished)
+    body_events = events(stream, chunk, usage_chunk if include_usage else None, finished)
     return sse_response(body_events, {"X-Cache": stream.source})
 
 
@@ -156,8 +226,9 @@ async def completions(
     """A raw completion of `prompt`: no system prompt, no template, only the request's stop strings."""
     assert isinstance(body.prompt, str)  # the validator made it one string
     service.check_prompt(body.prompt)
-    params = sampling(service, body, body.max_tokens)
+    params = await sampling(service, body, body.max_tokens)
     rid, created, model = response_id(request, "cmpl"), int(time.time()), service.settings.served_model
+    prompt_text = body.prompt
 
     def build(completion: Completion) -> CompletionResponse:
         return CompletionResponse(
@@ -165,11 +236,24 @@ async def completions(
             created=created,
             model=model,
             usage=usage(completion),
-            choices=[CompletionChoice(text=completion.text, finish_reason=openai_finish_reason(completion))],
+            choices=[
+                CompletionChoice(
+                    text=completion.text,
+                    logprobs=completion_logprobs(completion, prompt_text),
+                    finish_reason=openai_finish_reason(completion),
+                )
+            ],
         )
 
-    def chunk(text: str | None, finish_reason: str | None) -> dict[str, Any]:
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+    def chunk(text: str | None, last: Completion | None) -> dict[str, Any]:
+        """Text chunks carry no logprobs: the last chunk carries them all."""
+        logprobs = None if last is None else completion_logprobs(last, prompt_text)
+        choice = {
+            "index": 0,
+            "text": text or "",
+            "logprobs": None if logprobs is None else logprobs.model_dump(),
+            "finish_reason": None if last is None else openai_finish_reason(last),
+        }
         return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
 
     prompt = completion_input(service.settings, body.prompt)
@@ -185,7 +269,7 @@ async def chat_completions(
     messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
     prompt = chat_prompt(service.settings, messages)
     service.check_prompt(prompt.fallback.full_text)
-    params = sampling(service, body, body.max_completion_tokens or body.max_tokens)
+    params = await sampling(service, body, body.max_completion_tokens or body.max_tokens)
     rid, created, model = response_id(request, "chatcmpl"), int(time.time()), service.settings.served_model
 
     def build(completion: Completion) -> ChatCompletionResponse:
@@ -196,19 +280,28 @@ async def chat_completions(
             usage=usage(completion),
             choices=[
                 ChatChoice(
-                    message=AssistantMessage(content=completion.text), finish_reason=openai_finish_reason(completion)
+                    message=AssistantMessage(content=completion.text),
+                    logprobs=chat_logprobs(completion),
+                    finish_reason=openai_finish_reason(completion),
                 )
             ],
         )
 
     first = True
 
-    def chunk(text: str | None, finish_reason: str | None) -> dict[str, Any]:
+    def chunk(text: str | None, last: Completion | None) -> dict[str, Any]:
+        """Text chunks carry no logprobs: the last chunk carries them all."""
         nonlocal first
         delta: dict[str, Any] = {} if text is None else {"content": text}
         if first and text is not None:
             delta["role"], first = "assistant", False
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        logprobs = None if last is None else chat_logprobs(last)
+        choice = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": None if logprobs is None else logprobs.model_dump(),
+            "finish_reason": None if last is None else openai_finish_reason(last),
+        }
         return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]}
 
     return await respond(request, response, service, body, prompt, params, messages[-1].content, build, chunk)

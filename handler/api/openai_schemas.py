@@ -6,12 +6,14 @@ parameter this engine cannot honour is refused, never silently ignored.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from handler.cache.policy import CacheMode
 from handler.core.errors import BadRequest
+from handler.core.types import LogitBias
 
 # Parameters of the OpenAI API this service does not implement, with the values that ask for
 # nothing (clients often send the default explicitly); any other value is refused.
@@ -19,17 +21,17 @@ NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
     "n": (1,),
     "best_of": (1,),
     "echo": (False,),
-    "logprobs": (False, 0),
-    "top_logprobs": (0,),
+    "top_logprobs": (0,),  # a chat parameter; on /v1/completions `logprobs` is the number
     "suffix": ("",),
-    "logit_bias": ({},),
     "tools": ([],),
     "tool_choice": ("none",),
     "functions": ([],),
     "function_call": ("none",),
     "parallel_tool_calls": (False,),
-    "response_format": ({"type": "text"},),
 }
+TOKEN_ID = re.compile(r"[0-9]{1,10}")
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit on chat
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit on completions
 
 
 def _utf8(text: str) -> str:
@@ -48,6 +50,40 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     include_usage: bool = Field(False, description="Send a last chunk with `usage` and no choices.")
+
+
+class TextFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(max_length=64, description="The schema's name (as OpenAI requires it); not used.")
+    description: str | None = None
+    # `schema` would shadow BaseModel.schema
+    json_schema: dict[str, Any] | None = Field(
+        None, alias="schema", description="A JSON Schema; left out, any JSON object."
+    )
+    strict: bool | None = Field(None, description="Accepted; the grammar always holds the answer to the schema.")
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
 class OpenAIRequest(BaseModel):
@@ -74,6 +110,43 @@ class OpenAIRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, description="Accepted for compatibility; it does not change the answer.")
     cache: CacheMode = Field("default", description="As on /chat; `Cache-Control` works too.")
+    response_format: ResponseFormat | None = Field(
+        None,
+        description="`json_object` or `json_schema`: the answer is held to JSON (to the schema) by a llama.cpp "
+        "grammar while it is sampled; it parses unless max_tokens cuts it (finish_reason `length`).",
+    )
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]] | None = Field(
+        None, description="Token id (a string) to a bias, -100 to 100, added to its logit before sampling."
+    )
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        seen: set[int] = set()
+        for key in bias or {}:
+            if not TOKEN_ID.fullmatch(key):
+                raise ValueError(f"keys must be token ids (decimal integers), not {key!r}")
+            if int(key) in seen:
+                raise ValueError(f"token {int(key)} appears twice")
+            seen.add(int(key))
+        return bias
+
+    def bias(self) -> LogitBias | None:
+        """The logit bias as the engine and the cache key take it: sorted by token id; none as None."""
+        if not self.logit_bias:
+            return None
+        return tuple(sorted((int(token), float(bias)) for token, bias in self.logit_bias.items()))
+
+    def structured_schema(self) -> tuple[bool, dict[str, Any] | None]:
+        """(whether the answer must be JSON, the schema it must follow: None for any JSON object)."""
+        fmt = self.response_format
+        if isinstance(fmt, JsonSchemaFormat):
+            return True, fmt.json_schema.json_schema
+        return isinstance(fmt, JsonObjectFormat), None
+
+    def logprobs_asked(self) -> int | None:
+        """None: no log-probabilities; n: each token's, with the n most likely tokens in its place."""
+        return None
 
     @field_validator("stop")
     @classmethod
@@ -103,6 +176,24 @@ class OpenAIRequest(BaseModel):
 
 class CompletionRequest(OpenAIRequest):
     prompt: Text | list[Text] = Field(description="The raw prompt: no system prompt or template is added.")
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_COMPLETION_LOGPROBS,
+        description="Each token's log-probability, with this many most likely tokens at each step.",
+    )
+
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _logprobs_number(cls, value: object) -> object:
+        if value is False:  # what some clients send for "none"
+            return None
+        if isinstance(value, bool):
+            raise ValueError("an integer from 0 to 5 (how many most likely tokens to list)")
+        return value
+
+    def logprobs_asked(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -136,6 +227,21 @@ class ChatMessageIn(BaseModel):
 class ChatCompletionRequest(OpenAIRequest):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, strict=True, description="OpenAI's newer max_tokens.")
+    logprobs: bool | None = Field(None, strict=True, description="Each token's log-probability.")
+    top_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        strict=True,
+        description="With `logprobs`: this many most likely tokens at each step.",
+    )
+
+    def logprobs_asked(self) -> int | None:
+        if not self.logprobs:
+            if self.top_logprobs:
+                raise BadRequest("`top_logprobs` needs `logprobs: true`.", param="top_logprobs")
+            return None
+        return self.top_logprobs or 0
 
 
 class Usage(BaseModel):
@@ -144,10 +250,17 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = Field(description="Each token's text; `bytes:\\xNN...` for part of a UTF-8 character.")
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] = Field(description="The most likely tokens at each step, most likely first.")
+    text_offset: list[int] = Field(description="Where each token begins, in characters of the prompt and the text.")
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str = Field(description="stop or length (also when the generation deadline cut it short).")
 
 
@@ -165,10 +278,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class ChatTopLogprob(BaseModel):
+    token: str = Field(description="The token's text; `bytes:\\xNN...` for part of a UTF-8 character.")
+    logprob: float
+    bytes: list[int] = Field(description="The token's bytes: they add up to the answer's UTF-8.")
+
+
+class ChatTokenLogprob(ChatTopLogprob):
+    top_logprobs: list[ChatTopLogprob] = Field(description="The most likely tokens at this step, most likely first.")
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: None = None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str
 
 

@@ -19,8 +19,9 @@ from handler.service.answer_stream import AnswerStream
 
 log = logging.getLogger(__name__)
 
-# A piece of text, or None with the finish reason for the last chunk: one chunk's body.
-ChunkBuilder = Callable[[str | None, str | None], dict[str, Any]]
+# A piece of text, or None and the finished answer for the last chunk (its finish reason, and the
+# log-probabilities when they were asked for); None and None for a bare chunk: one chunk's body.
+ChunkBuilder = Callable[[str | None, Completion | None], dict[str, Any]]
 Finished = Callable[[Completion], None]
 
 
@@ -31,7 +32,6 @@ def event(data: dict[str, Any] | str) -> str:
 async def events(
     stream: AnswerStream,
     chunk: ChunkBuilder,
-    finish_reason: Callable[[Completion], str],
     usage_chunk: Callable[[Completion], dict[str, Any]] | None,
     finished: Finished,
 ) -> AsyncIterator[str]:
@@ -44,7 +44,7 @@ async def events(
             yield event(chunk(piece, None))
         completion = stream.completion
         assert completion is not None
-        yield event(chunk(None, finish_reason(completion)))
+        yield event(chunk(None, completion))
         if usage_chunk is not None:
             yield event(usage_chunk(completion))
         finished(completion)

@@ -11,9 +11,11 @@ import time
 from dataclasses import dataclass
 from typing import TypeVar
 
-from handler.core.types import Completion, FinishReason
+from handler.core.types import Completion, FinishReason, TokenLogprob
 
-SCHEMA_VERSION = 2  # 2: keys name the full-content identity and the model input as the model sees it
+# 2: keys name the full-content identity and the model input as the model sees it
+# 3: grammar, logit bias and logprobs join the key; entries carry log-probabilities
+SCHEMA_VERSION = 3
 T = TypeVar("T")
 
 
@@ -37,6 +39,7 @@ def encode(key: str, entry: Entry) -> bytes:
             "finish_reason": c.finish_reason,
             "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens,
+            "logprobs": None if c.logprobs is None else [_encode_logprob(t) for t in c.logprobs],
         },
         ensure_ascii=False,
         separators=(",", ":"),
@@ -56,11 +59,34 @@ def decode(key: str, raw: object) -> Entry | None:
             finish_reason=FinishReason(_typed(data["finish_reason"], str)),
             prompt_tokens=_typed(data["prompt_tokens"], int),
             completion_tokens=_typed(data["completion_tokens"], int),
+            logprobs=_decode_logprobs(data.get("logprobs")),
         )
         created = data["created"]
         return Entry(completion, float(created if isinstance(created, float) else _typed(created, int)))
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _encode_logprob(entry: TokenLogprob) -> list[object]:
+    """Compact, and exact: bytes as hex (a token may be part of a UTF-8 character), floats as JSON writes them."""
+    return [entry.token.hex(), entry.logprob, [[token.hex(), logprob] for token, logprob in entry.top]]
+
+
+def _decode_logprobs(raw: object) -> tuple[TokenLogprob, ...] | None:
+    if raw is None:
+        return None
+    return tuple(
+        TokenLogprob(
+            bytes.fromhex(_typed(token, str)),
+            _number(logprob),
+            tuple((bytes.fromhex(_typed(t, str)), _number(lp)) for t, lp in _typed(top, list)),
+        )
+        for token, logprob, top in _typed(raw, list)
+    )
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, float) else float(_typed(value, int))
 
 
 def _typed(value: object, kind: type[T]) -> T:

@@ -17,6 +17,9 @@ class FinishReason(StrEnum):
 # Answers cut short are never cached: they are not the answer to the request.
 INCOMPLETE = frozenset({FinishReason.TIME_LIMIT, FinishReason.CANCELLED})
 
+# (token id, bias added to its logit), sorted by id: hashable, and one spelling per meaning for the cache key
+LogitBias = tuple[tuple[int, float], ...]
+
 
 class CacheSource(StrEnum):
     """Where an answer came from, as the X-Cache header says it."""
@@ -45,6 +48,21 @@ class SamplingParams:
     seed: int
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # A llama.cpp grammar (GBNF, root rule `root`) every token must follow: structured output.
+    grammar: str | None = None
+    logit_bias: LogitBias | None = None  # None rather than (): the same request is the same key
+    # None: no log-probabilities; n: the sampled token's and the n most likely tokens' at each step
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its bytes in the answer, its log-probability under the model (before any
+    bias, penalty, grammar or temperature), and the most likely tokens at that step, most likely first."""
+
+    token: bytes  # may be part of a UTF-8 character: byte tokens split them
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,7 @@ class Completion:
     generation_seconds: float = field(default=0.0, compare=False)
     load_seconds: float | None = field(default=None, compare=False)  # set when this request loaded the model
     model_identity: str | None = field(default=None, compare=False)  # the model that generated it; None on a hit
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per token of the text, when the request asked
 
     @property
     def tokens_per_second(self) -> float | None:

@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from handler.core.types import FinishReason, SamplingParams
+from handler.core.types import FinishReason, SamplingParams, TokenLogprob
 
 
 class SchedulerError(RuntimeError):
@@ -26,6 +26,15 @@ class SchedulerClosed(SchedulerError):
 
 class DecodeError(SchedulerError):
     """llama_decode failed for a batch this sequence was in; other sequences go on."""
+
+
+class InvalidRequest(ValueError):
+    """What only the loaded model can tell is wrong with a request (a token id outside its vocabulary, a
+    grammar llama.cpp cannot parse): the caller's to fix. `param` names the request field."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ class Generated:
     completion_tokens: int
     # from admission to the answer, not counting the wait for a slot; not part of the answer's equality
     generation_seconds: float = field(compare=False)
+    logprobs: tuple[TokenLogprob, ...] | None = None  # when the request asked for them
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,10 @@ class Engine(Protocol):
     def n_ctx(self) -> int: ...
 
     def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]: ...
+
+    def token_piece(self, token: int) -> bytes:
+        """A token's bytes, control tokens as their text (llama-server's /tokenize pieces)."""
+        ...
 
     def submit(
         self,

@@ -11,15 +11,18 @@ nor the chat template engine: a cold start pays for them only when a request nee
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from handler.core.config import Settings
-from handler.core.errors import ContextOverflow, GenerationFailed, ModelUnavailable
+from handler.core.errors import BadRequest, ContextOverflow, GenerationFailed, ModelUnavailable
 from handler.core.types import ChatPrompt, Completion, FinishReason, ModelInput, SamplingParams
-from handler.engine.contract import Engine, EngineSettings, SchedulerError, SchedulerLoadError
+from handler.engine.contract import Engine, EngineSettings, InvalidRequest, SchedulerError, SchedulerLoadError
 from handler.engine.gguf_header import ChatMetadata, read_chat_metadata
 from handler.engine.model_source import ModelSource, OpenedModel, model_source
 
@@ -27,6 +30,10 @@ log = logging.getLogger(__name__)
 
 Loader = Callable[[EngineSettings], Engine]
 RETIRE_POLL_S = 0.05
+# llama-cpp-python's converter lets a JSON string hold raw control characters, which JSON forbids (a parser
+# refuses them): its string character rule, and the one llama.cpp's own converter and JSON_GBNF use.
+LOOSE_STRING_CHAR = 'char ::= [^"\\\\] |'
+STRICT_STRING_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 
 
 def load_engine(settings: EngineSettings) -> Engine:
@@ -194,6 +201,8 @@ class ModelHolder:
         params = dataclasses.replace(params, stop=model_input.stops_with(params.stop))
         try:
             generated = engine.submit(tokens, params, deadline=deadline, cancelled=cancelled, on_text=on_text).result()
+        except InvalidRequest as exc:
+            raise BadRequest(str(exc), param=exc.param) from None
         except (SchedulerError, ValueError, RuntimeError, OSError) as exc:
             raise GenerationFailed(f"llama.cpp generation failed: {exc!r}") from exc
         self.generations += 1
@@ -205,7 +214,51 @@ class ModelHolder:
             generation_seconds=generated.generation_seconds,
             load_seconds=load_seconds,
             model_identity=opened.identity,
+            logprobs=generated.logprobs,
         )
+
+    # ---- the vocabulary ------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """`text` as the loaded model tokenizes it (llama-server's /tokenize). Blocking: loads the model."""
+        engine, _, _ = self._ensure_loaded()
+        return engine.tokenize(text, add_bos=add_special, special=parse_special)
+
+    def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        """Each token's bytes, control tokens as their text. Blocking: loads the model.
+        Raises BadRequest (param `tokens`) for an id outside the vocabulary."""
+        engine, _, _ = self._ensure_loaded()
+        try:
+            return [engine.token_piece(token) for token in tokens]
+        except InvalidRequest as exc:
+            raise BadRequest(str(exc), param=exc.param) from None
+
+
+def json_grammar(schema: dict[str, Any] | None) -> str:
+    """The llama.cpp grammar for structured output: any JSON object (llama-cpp-python's JSON_GBNF, which it
+    uses for `json_object`), or the JSON `schema` describes, by llama-cpp-python's converter. Imports
+    llama_cpp: only a request that asks for structured output calls it.
+    Raises BadRequest (param `response_format`) with the converter's message for a schema it cannot handle."""
+    if schema is None:
+        from llama_cpp import llama_grammar
+
+        return str(llama_grammar.JSON_GBNF)
+    return _schema_grammar(json.dumps(schema, sort_keys=False, ensure_ascii=False))
+
+
+@functools.lru_cache(maxsize=64)  # a client sends the same schema again and again
+def _schema_grammar(schema: str) -> str:
+    from llama_cpp import llama_grammar
+
+    try:
+        grammar = str(llama_grammar.json_schema_to_gbnf(schema))
+    # the converter fails with whatever a malformed part makes it meet; -O turns its asserts into KeyErrors
+    except (ValueError, AssertionError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as exc:
+        message = (str(exc) or type(exc).__name__).replace(" (use --allow-fetch for force)", "")  # a CLI's hint
+        raise BadRequest(
+            f"The JSON schema in response_format cannot be turned into a grammar: {message}", param="response_format"
+        ) from None
+    return grammar.replace(LOOSE_STRING_CHAR, STRICT_STRING_CHAR)
 
 
 def _render(prompt: ChatPrompt, metadata: ChatMetadata) -> ModelInput:

@@ -9,7 +9,10 @@ Per request (a "sequence", llama.cpp's seq_id = its slot number):
 - its prompt is decoded in chunks next to the other sequences' new tokens (n_batch tokens a step
   in all, logits only on a prompt's last token), then one token a step;
 - tokens are sampled by a llama.cpp sampler chain of its own, built as llama-cpp-python's
-  `Llama._init_sampler` builds it, so that greedy answers are `create_completion`'s;
+  `Llama._init_sampler` builds it, so that greedy answers are `create_completion`'s: a logit bias
+  first (where llama-cpp-python runs its logit-bias processor), the penalties, a grammar (structured
+  output), then the sampler proper;
+- when it asks for log-probabilities, they are read from the logits its token is sampled from;
 - the text follows `create_completion`'s rules (bytes of the tokens' pieces, cut at the first stop
   string, decoded as UTF-8 ignoring errors), except that max_tokens is a hard cap;
 - the KV cells it may ever need (prompt + max_tokens) are reserved when it is admitted, so
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import dataclasses
 import functools
 import logging
 import threading
@@ -36,12 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import numpy as np
+import numpy.typing as npt
 
-from handler.core.types import FinishReason, SamplingParams
+from handler.core.types import FinishReason, SamplingParams, TokenLogprob
 from handler.engine.contract import (
     DecodeError,
     EngineSettings,
     Generated,
+    InvalidRequest,
     SchedulerClosed,
     SchedulerLoadError,
     SchedulerStats,
@@ -53,6 +60,7 @@ log = logging.getLogger(__name__)
 GGUF_MAGIC = b"GGUF"
 PENALTY_LAST_N = 64  # llama-cpp-python's `last_n_tokens_size` default, the penalties' window in its chain
 SEED_MASK = 0xFFFFFFFF  # llama_sampler_init_dist takes a uint32_t; ctypes wraps Python ints the same way
+GRAMMAR_ROOT = b"root"
 
 
 @functools.cache
@@ -123,6 +131,8 @@ class _Sequence:
     )
     fed: int = 0  # bytes of `data` handed to the decoder (and streamed)
     sent: int = 0  # characters streamed
+    # per generated token, when the request asked for log-probabilities, with where its bytes start in `data`
+    logprobs: list[tuple[int, TokenLogprob]] = field(default_factory=list)
     # this step's share of the batch
     batch_tokens: list[int] = field(default_factory=list)
     logits_index: int = -1
@@ -159,6 +169,7 @@ class Scheduler:
         self._reserved = 0
         self._admissions = 0
         self._pieces: dict[int, bytes] = {}
+        self._special_pieces: dict[int, bytes] = {}
         self._bos = -1
         self._eos = -1
         self._metadata: dict[str, str] = {}
@@ -355,6 +366,10 @@ class Scheduler:
     def n_parallel(self) -> int:
         return self.settings.n_parallel
 
+    @property
+    def n_vocab(self) -> int:
+        return int(self._n_vocab)
+
     def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
         """Callable from any thread (the vocabulary is read-only)."""
         data = text.encode("utf-8")
@@ -376,10 +391,10 @@ class Scheduler:
         return self._vocab
 
     def _piece(self, token: int, special: bool = False) -> bytes:
-        if not special:
-            cached = self._pieces.get(token)
-            if cached is not None:
-                return cached
+        memo = self._special_pieces if special else self._pieces
+        cached = memo.get(token)
+        if cached is not None:
+            return cached
         size = 32
         with self._vocab_lock:
             vocab = self._live_vocab()
@@ -390,9 +405,17 @@ class Scheduler:
                     piece = buf.raw[:n]
                     break
                 size = -n
-        if not special:
-            self._pieces[token] = piece
+        memo[token] = piece
         return piece
+
+    def token_piece(self, token: int) -> bytes:
+        """A token's bytes, control tokens written as their text, as llama-server's /tokenize shows them.
+        Raises InvalidRequest for an id outside the vocabulary (llama.cpp would abort on it)."""
+        if not 0 <= token < self._n_vocab:
+            raise InvalidRequest(
+                f"Token {token} is outside the model's vocabulary of {self._n_vocab} tokens.", "tokens"
+            )
+        return self._piece(token, special=True)
 
     def detokenize(self, tokens: list[int], *, special: bool = False) -> bytes:
         """As llama-cpp-python's `Llama.detokenize`: the pieces, less a leading space after a BOS."""
@@ -441,6 +464,7 @@ class Scheduler:
                 f"{len(tokens)} prompt tokens + max_tokens {params.max_tokens} exceed "
                 f"the context of {self._pool} tokens"
             )
+        self._check_sampling(params)
         future: Future[Generated] = Future()
         request = _Request(
             list(tokens), params, deadline, cancelled, on_text, future, [s.encode("utf-8") for s in params.stop if s]
@@ -451,6 +475,26 @@ class Scheduler:
             self._incoming.append(request)
             self._cond.notify()
         return future
+
+    def _check_sampling(self, params: SamplingParams) -> None:
+        """What only the model can tell: token ids in its vocabulary, a grammar llama.cpp parses (a parse
+        here on the caller's thread, so that the scheduler thread never meets a bad one)."""
+        for token, _ in params.logit_bias or ():
+            if not 0 <= token < self._n_vocab:
+                raise InvalidRequest(
+                    f"logit_bias names token {token}, outside the model's vocabulary (ids 0 to {self._n_vocab - 1}).",
+                    "logit_bias",
+                )
+        if params.grammar is not None:
+            with self._vocab_lock:
+                sampler = llama_cpp.llama_sampler_init_grammar(
+                    self._live_vocab(), params.grammar.encode("utf-8"), GRAMMAR_ROOT
+                )
+            if not sampler:
+                raise InvalidRequest(
+                    "llama.cpp could not parse the grammar made from response_format.", "response_format"
+                )
+            llama_cpp.llama_sampler_free(sampler)
 
     # ---- the scheduler thread -----------------------------------------------------------------
 
@@ -481,7 +525,8 @@ class Scheduler:
             if reason is None and not request.future.cancelled():
                 kept.append(request)
             elif reason is not None and request.future.set_running_or_notify_cancel():
-                request.future.set_result(Generated("", reason, len(request.tokens), 0, 0.0))
+                logprobs = None if request.params.logprobs is None else ()
+                request.future.set_result(Generated("", reason, len(request.tokens), 0, 0.0, logprobs))
         self._waiting = kept
 
     def _usable_prefix(self, slot: _Slot, tokens: list[int]) -> int:
@@ -514,6 +559,11 @@ class Scheduler:
             self._start(request, free)
 
     def _start(self, request: _Request, free: list[_Slot]) -> None:
+        try:
+            chain = self._sampler_chain(request.params)
+        except InvalidRequest as exc:  # checked at submit: only a llama.cpp that changed its mind gets here
+            request.future.set_exception(exc)
+            return
         tokens = request.tokens
         usable = {s.id: self._usable_prefix(s, tokens) for s in self._slots}
         # the free slot whose cache serves most of the prompt; else an empty one, else the least recently used
@@ -551,7 +601,6 @@ class Scheduler:
             victim.cached = []
         self._admissions += 1
         slot.last_used = self._admissions
-        chain = self._sampler_chain(request.params)
         seq = _Sequence(request, slot, chain, tokens[keep:], time.perf_counter())
         slot.seq = seq
         self._active.append(seq)
@@ -564,11 +613,24 @@ class Scheduler:
         def add(sampler: Any) -> None:
             llama_cpp.llama_sampler_chain_add(chain, sampler)
 
+        if params.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
+                *(llama_cpp.llama_logit_bias(token, bias) for token, bias in params.logit_bias)
+            )
+            add(llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, len(params.logit_bias), biases))  # copies
         add(
             llama_cpp.llama_sampler_init_penalties(
                 self._n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
             )
         )
+        if params.grammar is not None:
+            grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, params.grammar.encode("utf-8"), GRAMMAR_ROOT)
+            if not grammar:
+                llama_cpp.llama_sampler_free(chain)
+                raise InvalidRequest(
+                    "llama.cpp could not parse the grammar made from response_format.", "response_format"
+                )
+            add(grammar)
         seed = params.seed & SEED_MASK
         if params.temperature < 0.0:
             add(llama_cpp.llama_sampler_init_dist(seed))
@@ -607,9 +669,10 @@ class Scheduler:
                 del seq.pending[: len(seq.batch_tokens)]
             if seq.logits_index < 0:
                 continue  # a prompt not finished yet
+            logits = self._logits(seq.logits_index) if seq.request.params.logprobs is not None else None
             sampled = llama_cpp.llama_sampler_sample(seq.chain, self._ctx, seq.logits_index)
             try:
-                reason = self._accept(seq, sampled)
+                reason = self._accept(seq, sampled, logits)
             except Exception as exc:  # the caller's on_text failed: that request ends, the others go on
                 self._fail(seq, exc, keep_cache=True)
                 continue
@@ -655,7 +718,28 @@ class Scheduler:
         batch.n_tokens = n
         return in_batch
 
-    def _accept(self, seq: _Sequence, token: int) -> FinishReason | None:
+    def _logits(self, index: int) -> npt.NDArray[np.float32]:
+        """The logits a token is sampled from: a view, valid until the next llama_decode (samplers work
+        on a copy of them)."""
+        pointer = llama_cpp.llama_get_logits_ith(self._ctx, index)
+        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+
+    def _logprob(self, token: int, piece: bytes, logits: npt.NDArray[np.float32], top: int) -> TokenLogprob:
+        """log-softmax of the raw logits: the sampled token's value and the `top` largest, most likely
+        first (ties: the lower id, as greedy sampling picks)."""
+        peak = float(logits.max())
+        log_total = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
+        alternatives: tuple[tuple[bytes, float], ...] = ()
+        if top > 0:
+            ids = np.sort(np.argpartition(-logits, top - 1)[:top]) if top < len(logits) else np.arange(len(logits))
+            ids = ids[np.argsort(-logits[ids], kind="stable")]
+            alternatives = tuple(
+                (piece if int(i) == token else self._piece(int(i), special=True), float(logits[i]) - log_total)
+                for i in ids
+            )
+        return TokenLogprob(piece, float(logits[token]) - log_total, alternatives)
+
+    def _accept(self, seq: _Sequence, token: int, logits: npt.NDArray[np.float32] | None = None) -> FinishReason | None:
         """One sampled token, with create_completion's order of checks (less its UTF-8 exemption)."""
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             return FinishReason.STOP  # not part of the text nor of the count
@@ -670,6 +754,9 @@ class Scheduler:
             seq.strip_space = False
         before = len(seq.data)
         seq.data += piece
+        wanted = seq.request.params.logprobs
+        if logits is not None and wanted is not None:
+            seq.logprobs.append((before, self._logprob(token, piece, logits, wanted)))
         stops = seq.request.stops
         if stops:
             found = [i for s in stops if (i := seq.data.find(s, max(0, before - len(s) + 1))) >= 0]
@@ -720,7 +807,14 @@ class Scheduler:
         data = seq.data if seq.cut is None else seq.data[: seq.cut]
         text = bytes(data).decode("utf-8", errors="ignore")
         request = seq.request
-        result = Generated(text, reason, len(request.tokens), len(seq.generated), time.perf_counter() - seq.started)
+        result = Generated(
+            text,
+            reason,
+            len(request.tokens),
+            len(seq.generated),
+            time.perf_counter() - seq.started,
+            None if request.params.logprobs is None else self._answer_logprobs(seq),
+        )
         if request.on_text is not None and len(text) > seq.sent:
             try:
                 request.on_text(text[seq.sent :])
@@ -728,6 +822,19 @@ class Scheduler:
                 request.future.set_exception(exc)
                 return
         request.future.set_result(result)
+
+    @staticmethod
+    def _answer_logprobs(seq: _Sequence) -> tuple[TokenLogprob, ...]:
+        """One entry per token of the text: a stop string's tokens go, and the token it begins in keeps
+        only its bytes before it, so that the entries' bytes are the answer's."""
+        if seq.cut is None:
+            return tuple(entry for _, entry in seq.logprobs)
+        cut = seq.cut
+        return tuple(
+            entry if start + len(entry.token) <= cut else dataclasses.replace(entry, token=entry.token[: cut - start])
+            for start, entry in seq.logprobs
+            if start < cut
+        )
 
     def _fail(self, seq: _Sequence, error: BaseException, keep_cache: bool = False) -> None:
         self._release(seq, keep_cache)

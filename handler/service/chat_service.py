@@ -20,12 +20,28 @@ from handler.cache.policy import CachePolicy
 from handler.cache.response_cache import ResponseCache
 from handler.core.config import Settings
 from handler.core.errors import BadRequest, Busy
-from handler.core.types import INCOMPLETE, CacheSource, ChatPrompt, Completion, ModelInput, Prompt, SamplingParams
+from handler.core.types import (
+    INCOMPLETE,
+    CacheSource,
+    ChatPrompt,
+    Completion,
+    FinishReason,
+    ModelInput,
+    Prompt,
+    SamplingParams,
+)
 from handler.engine.model import ModelHolder
 from handler.service.answer_stream import Answer, AnswerStream
 from handler.service.single_flight import SingleFlight
 
 RESPONSE_MARGIN_S = 2.0  # of a function's remaining time, kept to send the answer
+
+
+def complete(completion: Completion, params: SamplingParams) -> bool:
+    """Whether `completion` is the whole answer to a request with `params`, and so may be stored."""
+    if completion.finish_reason in INCOMPLETE:
+        return False
+    return not (params.grammar is not None and completion.finish_reason is FinishReason.LENGTH)
 
 
 @dataclass(frozen=True)
@@ -108,10 +124,11 @@ class ChatService:
         return None
 
     def _store(self, key: Keyed, completion: Completion, policy: CachePolicy) -> None:
-        """Only a whole answer is the answer: one cut short by the deadline or a departed client is not kept.
+        """Only a whole answer is the answer: one cut short by the deadline or a departed client is not kept,
+        nor a structured answer that max_tokens cut (it does not parse: not the answer the grammar asks for).
         It is stored under the model that generated it, which is not the one the key was made for when
         the model file was replaced meanwhile."""
-        if policy.store and completion.finish_reason not in INCOMPLETE:
+        if policy.store and complete(completion, key.params):
             made_by = completion.model_identity
             store_key = key.key if made_by in (None, key.identity) else self._key(key.prompt, key.params, made_by)
             self.cache.put(store_key, completion)
