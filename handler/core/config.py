@@ -65,6 +65,11 @@ class Settings(BaseModel):
         description="Most generations decoding together, in one llama.cpp batch (continuous batching). They "
         "share one KV cache of n_ctx tokens; a request that does not fit next to the running ones waits.",
     )
+    flash_attn: bool = Field(
+        False,
+        description="llama.cpp's flash attention. Off, as in llama-cpp-python, whose greedy answers the tests "
+        "compare with; llama-server turns it on where the backend supports it (faster on a GPU).",
+    )
     reuse_prompt_prefix: bool = Field(
         True,
         description="Keep a finished generation's KV cache, so a request that starts with the same tokens "

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handler.core.config import Settings
 from handler.core.errors import BadRequest, ContextOverflow, GenerationFailed, ModelUnavailable
@@ -25,6 +25,9 @@ from handler.core.types import ChatPrompt, Completion, FinishReason, ModelInput,
 from handler.engine.contract import Engine, EngineSettings, InvalidRequest, SchedulerError, SchedulerLoadError
 from handler.engine.gguf_header import ChatMetadata, read_chat_metadata
 from handler.engine.model_source import ModelSource, OpenedModel, model_source
+
+if TYPE_CHECKING:
+    from handler.engine.chat_format import ChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ def engine_settings(settings: Settings, model_path: str) -> EngineSettings:
         n_gpu_layers=settings.n_gpu_layers,
         use_mmap=settings.use_mmap,
         cache_prompt=settings.reuse_prompt_prefix,
+        flash_attn=settings.flash_attn,
     )
 
 
@@ -67,7 +71,7 @@ class ModelHolder:
         self._lock = threading.Lock()  # loads and swaps
         self._engine: Engine | None = None
         self._opened: OpenedModel | None = None
-        self._metadata: dict[str, ChatMetadata] = {}  # by model identity
+        self._templates: dict[str, ChatTemplate | None] = {}  # by model identity; None: it has none
         self.load_seconds: float | None = None
         self.generations = 0
 
@@ -156,24 +160,24 @@ class ModelHolder:
 
     # ---- chat templates ------------------------------------------------------------------------
 
-    def chat_metadata(self, identity: str) -> ChatMetadata:
-        """The chat template and token texts of the model `identity` names, read from the file's header
-        once per model (the loaded file itself when it is that model). Blocking."""
-        metadata = self._metadata.get(identity)
-        if metadata is None:
+    def _chat_template(self, identity: str) -> ChatTemplate | None:
+        """The compiled chat template of the model `identity` names (None: it has none), read from the
+        file's header once per model (the loaded file itself when it is that model). Blocking."""
+        if identity not in self._templates:
             opened = self._opened
             path = opened.path if opened is not None and opened.identity == identity else self.source.header_path()
-            metadata = self._metadata[identity] = read_chat_metadata(path)
-        return metadata
+            self._templates[identity] = _compile(read_chat_metadata(path))
+        return self._templates[identity]
 
     def known_chat_input(self, prompt: ChatPrompt, identity: str) -> ModelInput | None:
-        """The model input for chat messages when the model's metadata is at hand; None otherwise."""
-        metadata = self._metadata.get(identity)
-        return None if metadata is None else _render(prompt, metadata)
+        """The model input for chat messages when the model's template is at hand; None otherwise."""
+        if identity not in self._templates:
+            return None
+        return _render(prompt, self._templates[identity])
 
     def chat_input(self, prompt: ChatPrompt, identity: str) -> ModelInput:
         """Chat messages formatted by the model's own template, or the config template's prompt. Blocking."""
-        return _render(prompt, self.chat_metadata(identity))
+        return _render(prompt, self._chat_template(identity))
 
     # ---- generating ----------------------------------------------------------------------------
 
@@ -261,12 +265,16 @@ def _schema_grammar(schema: str) -> str:
     return grammar.replace(LOOSE_STRING_CHAR, STRICT_STRING_CHAR)
 
 
-def _render(prompt: ChatPrompt, metadata: ChatMetadata) -> ModelInput:
+def _compile(metadata: ChatMetadata) -> ChatTemplate | None:
     if not metadata.template:
-        return prompt.fallback
+        return None
     from handler.engine.chat_format import ChatTemplate  # jinja2, only for models that have a template
 
-    return ChatTemplate(metadata, metadata.template).render(prompt.messages)
+    return ChatTemplate(metadata, metadata.template)
+
+
+def _render(prompt: ChatPrompt, template: ChatTemplate | None) -> ModelInput:
+    return prompt.fallback if template is None else template.render(prompt.messages)
 
 
 def tokenize(engine: Engine, model_input: ModelInput) -> list[int]:
