@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from handler.app import create_app
 from handler.core.config import Settings
@@ -113,3 +114,18 @@ def test_health_does_not_load(app, http: httpx.Client) -> None:
     for _ in range(3):
         assert http.get("/health").json()["model"]["loaded"] is False
     assert app.state.model.loaded is False
+
+
+def test_shutdown_under_uvicorn_frees_the_model_threads_and_the_disk_cache(settings: Settings) -> None:
+    """The lifespan's exit, as uvicorn runs it (TestClient runs it the same way): nothing left open."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(settings)
+    with TestClient(app) as client:
+        assert client.post("/chat", json={"prompt": "before shutdown", "max_tokens": 3}).status_code == 200
+        disk = app.state.chat.cache.tier("disk")
+        assert app.state.model.loaded and disk._cache is not None
+    assert not app.state.model.loaded
+    assert disk._cache is None
+    with pytest.raises(RuntimeError):
+        app.state.chat.flights._executor.submit(print)
