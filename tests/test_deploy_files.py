@@ -1,21 +1,26 @@
-"""The deployment files: the SAM template and the Dockerfile pass their linters and agree with the code."""
+"""The deployment files: the SAM templates, the Dockerfile, the Cloud Run recipe pass their linters and agree with
+the code and with each other. (The images themselves are in test_images.py.)"""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from handler.core.config import ENV_PREFIX, Settings
+from handler.core.config import ENV_PREFIX, Settings, load_settings
+from tests.test_images import image
 
 ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ["template.yaml", "infra/template-gpu.yaml"]
+FUNCTIONS = ["ChatFunction", "ChatStreamFunction"]
+DEPLOY_CLOUDRUN = ROOT / "infra" / "deploy-cloudrun.sh"
 
 
 def tool(name: str) -> str:
@@ -46,23 +51,58 @@ def _tag(loader: CfnLoader, suffix: str, node: yaml.Node) -> Any:
 CfnLoader.add_multi_constructor("!", _tag)
 
 
+def load(path: str) -> dict[str, Any]:
+    return yaml.load((ROOT / path).read_text(), Loader=CfnLoader)
+
+
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    return yaml.load((ROOT / "template.yaml").read_text(), Loader=CfnLoader)
+    return load("template.yaml")
+
+
+@pytest.fixture(scope="module")
+def gpu_template() -> dict[str, Any]:
+    return load("infra/template-gpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def image_config() -> Settings:
+    """The configuration an image runs with: the repository's config.yaml, no environment."""
+    return load_settings(ROOT / "config.yaml", environ={})
+
+
+def sam_validate(path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1"}
+    return subprocess.run(
+        [tool("sam"), "validate", "--lint", "-t", str(path)], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+# ---------------------------------------------------------------- linters
 
 
 @pytest.mark.deploy
-def test_sam_validate_lint_passes() -> None:
-    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1"}
-    out = subprocess.run(
-        [tool("sam"), "validate", "--lint", "-t", str(ROOT / "template.yaml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+@pytest.mark.parametrize("path", TEMPLATES)
+def test_sam_validate_lint_passes(path: str) -> None:
+    out = sam_validate(ROOT / path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "is a valid SAM Template" in out.stdout + out.stderr
+
+
+@pytest.mark.deploy
+def test_the_gpu_functions_lint_waiver_hides_only_accelerator_config(tmp_path: Path) -> None:
+    """The released linters do not know AcceleratorConfig yet, so the GPU function waives E3002. Without the
+    waiver, that property must be the one and only finding: nothing else hides behind it."""
+    text = (ROOT / "infra/template-gpu.yaml").read_text()
+    waiver = "    Metadata:\n      cfn-lint:\n        config:\n          ignore_checks: [E3002]\n"
+    assert text.count(waiver) == 1
+    unwaived = tmp_path / "template-gpu.yaml"
+    unwaived.write_text(text.replace(waiver, ""))
+    out = sam_validate(unwaived)
+    findings = re.findall(r"\[(E\d+|W\d+)[^\]]*\] \(([^)]*)\)", out.stdout + out.stderr)
+    assert findings == [("E3002", "Additional properties are not allowed ('AcceleratorConfig' was unexpected")], (
+        out.stdout + out.stderr
+    )
 
 
 @pytest.mark.deploy
@@ -73,32 +113,80 @@ def test_hadolint_passes() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_function_is_an_image_with_build_metadata(template: dict[str, Any]) -> None:
-    function = template["Resources"]["ChatFunction"]
-    assert function["Properties"]["PackageType"] == "Image"
-    assert function["Metadata"]["Dockerfile"] == "Dockerfile"
+@pytest.mark.deploy
+def test_shell_scripts_pass_shellcheck() -> None:
+    scripts = sorted(str(p) for p in (ROOT / "infra").glob("*.sh"))
+    out = subprocess.run([tool("shellcheck"), *scripts], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_every_environment_variable_is_a_setting(template: dict[str, Any]) -> None:
-    variables = template["Resources"]["ChatFunction"]["Properties"]["Environment"]["Variables"]
+# ---------------------------------------------------------------- template.yaml: Lambda on demand, buffered and streaming
+
+
+def test_each_function_is_an_image_of_its_mode(template: dict[str, Any]) -> None:
+    modes = {}
+    for name in FUNCTIONS:
+        function = template["Resources"][name]
+        assert function["Properties"]["PackageType"] == "Image"
+        assert function["Metadata"]["Dockerfile"] == "Dockerfile"
+        args = function["Metadata"]["DockerBuildArgs"]
+        image(args["ACCEL"], args["MODE"])  # a final stage exists for it
+        modes[name] = (args["MODE"], function["Properties"]["FunctionUrlConfig"].get("InvokeMode", "BUFFERED"))
+    assert modes == {"ChatFunction": ("mangum", "BUFFERED"), "ChatStreamFunction": ("web-adapter", "RESPONSE_STREAM")}
+    # The adapter streams only when the image says so, and the URL must agree.
+    assert image("cpu", "web-adapter").env["AWS_LWA_INVOKE_MODE"] == "response_stream"
+
+
+def test_every_environment_variable_is_a_setting(template: dict[str, Any], gpu_template: dict[str, Any]) -> None:
+    variables = dict(template["Globals"]["Function"]["Environment"]["Variables"])
+    for name in FUNCTIONS:
+        variables.update(template["Resources"][name]["Properties"].get("Environment", {}).get("Variables", {}))
+    variables.update(gpu_template["Resources"]["GpuFunction"]["Properties"]["Environment"]["Variables"])
     for name in variables:
         assert name.startswith(ENV_PREFIX), name
         assert name.removeprefix(ENV_PREFIX).lower() in Settings.model_fields, f"{name} is not a setting"
 
 
-def test_the_function_may_read_only_the_model_the_keys_secret_and_items_of_the_table(template: dict[str, Any]) -> None:
-    policies = template["Resources"]["ChatFunction"]["Properties"]["Policies"]
-    granted = {}
-    for policy in policies:
-        condition, statement_doc, otherwise = policy["If"]
-        assert otherwise == {"Ref": "AWS::NoValue"}
-        (statement,) = statement_doc["Statement"]
-        granted[condition] = (statement["Action"], statement["Resource"])
-    assert granted == {
-        "HasS3Model": ("s3:GetObject", {"Sub": "arn:${AWS::Partition}:s3:::${ModelBucket}/${ModelKey}"}),
-        "HasApiKeysSecret": ("secretsmanager:GetSecretValue", {"Ref": "ApiKeysSecretArn"}),
-        "HasSharedCache": (["dynamodb:GetItem", "dynamodb:PutItem"], {"GetAtt": "SharedCacheTable.Arn"}),
-    }
+def test_the_functions_may_read_only_the_model_the_keys_secret_and_items_of_the_table(
+    template: dict[str, Any],
+) -> None:
+    for name in FUNCTIONS:
+        granted = {}
+        for policy in template["Resources"][name]["Properties"]["Policies"]:
+            condition, statement_doc, otherwise = policy["If"]
+            assert otherwise == {"Ref": "AWS::NoValue"}
+            (statement,) = statement_doc["Statement"]
+            granted[condition] = (statement["Action"], statement["Resource"])
+        assert granted == {
+            "HasS3Model": ("s3:GetObject", {"Sub": "arn:${AWS::Partition}:s3:::${ModelBucket}/${ModelKey}"}),
+            "HasApiKeysSecret": ("secretsmanager:GetSecretValue", {"Ref": "ApiKeysSecretArn"}),
+            "HasSharedCache": (["dynamodb:GetItem", "dynamodb:PutItem"], {"GetAtt": "SharedCacheTable.Arn"}),
+        }, name
+
+
+def public_url_permissions(resources: dict[str, Any], target: str) -> dict[str, dict[str, Any]]:
+    out = {}
+    for resource in resources.values():
+        properties = resource.get("Properties", {})
+        if resource["Type"] == "AWS::Lambda::Permission" and properties["FunctionName"] == {"Ref": target}:
+            assert resource["Condition"] == "IsPublicUrl"
+            out[properties["Action"]] = properties
+    return out
+
+
+def test_a_public_url_grants_both_invoke_permissions_and_only_through_the_url(
+    template: dict[str, Any], gpu_template: dict[str, Any]
+) -> None:
+    """SAM adds them itself only for a literal AuthType NONE; ours is a parameter, so the templates spell
+    them out. lambda:InvokeFunction is granted only for calls that come through the URL."""
+    targets = [(template, name) for name in FUNCTIONS] + [(gpu_template, "GpuFunctionAlias")]
+    for document, target in targets:
+        assert document["Conditions"]["IsPublicUrl"] == {"Equals": [{"Ref": "FunctionUrlAuth"}, "NONE"]}
+        granted = public_url_permissions(document["Resources"], target)
+        assert set(granted) == {"lambda:InvokeFunctionUrl", "lambda:InvokeFunction"}, target
+        assert granted["lambda:InvokeFunctionUrl"]["FunctionUrlAuthType"] == "NONE"
+        assert granted["lambda:InvokeFunction"]["InvokedViaFunctionUrl"] is True
+        assert {p["Principal"] for p in granted.values()} == {"*"}
 
 
 def test_the_shared_table_is_on_demand_expires_items_and_matches_the_code(template: dict[str, Any]) -> None:
@@ -112,33 +200,141 @@ def test_the_shared_table_is_on_demand_expires_items_and_matches_the_code(templa
     assert properties["TimeToLiveSpecification"] == {"AttributeName": EXPIRES, "Enabled": True}
 
 
-def test_dockerfile_entry_point_is_the_mangum_handler() -> None:
-    text = (ROOT / "Dockerfile").read_text()
-    commands = re.findall(r'^CMD \["([\w.]+)"\]', text, flags=re.M)
-    assert commands and set(commands) == {"handler.lambda_handler.handler"}
-    module, attribute = commands[0].rsplit(".", 1)
-    check = f"import {module} as m; from mangum import Mangum; assert isinstance(m.{attribute}, Mangum)"
-    out = subprocess.run(
-        [sys.executable, "-c", check],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "CHAT_CACHE_DIR": ""},
-    )
-    assert out.returncode == 0, out.stderr
+def test_a_function_outlives_the_generation_timeout(
+    template: dict[str, Any], gpu_template: dict[str, Any], image_config: Settings
+) -> None:
+    """Behind the web adapter the app does not see the invocation's deadline: generation_timeout_seconds is
+    what ends a long generation, so it must come before the function's own timeout kills it."""
+    limit = image_config.generation_timeout_seconds
+    assert limit is not None
+    assert template["Globals"]["Function"]["Timeout"] > limit
+    assert gpu_template["Resources"]["GpuFunction"]["Properties"]["Timeout"] > limit
 
 
-def test_a_non_editable_install_carries_every_module(tmp_path: Path) -> None:
-    """The image installs the package with `pip install --target`, not editable: every subpackage must ship."""
-    target = tmp_path / "app"
-    out = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+# ---------------------------------------------------------------- infra/template-gpu.yaml: Lambda Managed Instances
+
+
+def test_the_gpu_function_is_an_x86_image_on_a_capacity_provider_with_an_accelerator(
+    gpu_template: dict[str, Any],
+) -> None:
+    resources = gpu_template["Resources"]
+    properties = resources["GpuFunction"]["Properties"]
+    assert (properties["PackageType"], properties["Architectures"]) == ("Image", ["x86_64"])
+    assert properties["AcceleratorConfig"] == {"AcceleratorMemorySize": {"Ref": "AcceleratorMemoryGiB"}}
+    assert gpu_template["Parameters"]["AcceleratorMemoryGiB"]["AllowedValues"] == [3, 6, 12, 16, 24, 48]
+    provider_config = properties["CapacityProviderConfig"]["LambdaManagedInstancesCapacityProviderConfig"]
+    assert provider_config["CapacityProviderArn"] == {"GetAtt": "GpuCapacityProvider.Arn"}
+    provider = resources["GpuCapacityProvider"]
+    assert provider["Type"] == "AWS::Lambda::CapacityProvider"
+    assert provider["Properties"]["InstanceRequirements"]["Architectures"] == ["x86_64"]
+    assert provider["Properties"]["PermissionsConfig"]["CapacityProviderOperatorRoleArn"] == {
+        "GetAtt": "CapacityProviderOperatorRole.Arn"
+    }
+    # Managed Instances run published versions: the URL points at the alias of the version, and streams.
+    assert resources["GpuFunctionAlias"]["Properties"]["FunctionVersion"] == {"GetAtt": "GpuFunctionVersion.Version"}
+    url = resources["GpuFunctionUrl"]["Properties"]
+    assert (url["TargetFunctionArn"], url["InvokeMode"]) == ({"Ref": "GpuFunctionAlias"}, "RESPONSE_STREAM")
+    # A new image publishes a new version: the version's description names the image.
+    assert "${ImageUri}" in resources["GpuFunctionVersion"]["Properties"]["Description"]["Sub"]
+
+
+def test_the_gpu_functions_concurrency_is_the_engines_parallel_sequences(
+    gpu_template: dict[str, Any], image_config: Settings
+) -> None:
+    properties = gpu_template["Resources"]["GpuFunction"]["Properties"]
+    provider_config = properties["CapacityProviderConfig"]["LambdaManagedInstancesCapacityProviderConfig"]
+    parallel = {"Ref": "ParallelSequences"}
+    assert provider_config["PerExecutionEnvironmentMaxConcurrency"] == parallel
+    assert properties["Environment"]["Variables"]["CHAT_N_PARALLEL"] == parallel
+    assert gpu_template["Parameters"]["ParallelSequences"]["Default"] == image_config.n_parallel
+    assert properties["Environment"]["Variables"]["CHAT_N_GPU_LAYERS"] == "-1"
+
+
+def test_the_gpu_template_names_the_image_mode_it_needs(gpu_template: dict[str, Any]) -> None:
+    described = gpu_template["Parameters"]["ImageUri"]["Description"]
+    assert "ACCEL=cuda" in described and "MODE=web-adapter" in described
+    assert image("cuda", "web-adapter").command == ["python3", "-m", "handler"]
+
+
+# ---------------------------------------------------------------- Cloud Run: the deploy script and the service definition
+
+
+def deploy_flags() -> dict[str, str]:
+    """The `gcloud run deploy` flags of infra/deploy-cloudrun.sh, with the script's defaults put in."""
+    text = DEPLOY_CLOUDRUN.read_text()
+    defaults = dict(re.findall(r"^(\w+)=\$\{\1:-([^}]*)\}$", text, flags=re.M))
+    command = re.search(r"^gcloud run deploy .*?(?<!\\)\n", text, flags=re.M | re.S)
+    assert command, "the script runs gcloud run deploy"
+    flags = {}
+    for word in shlex.split(command.group(0).replace("\\\n", " ")):
+        if word.startswith("--"):
+            name, _, value = word.partition("=")
+            flags[name] = re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), m.group(0)), value)
+    return flags
+
+
+@pytest.fixture(scope="module")
+def cloudrun_service() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "infra" / "cloudrun-service.yaml").read_text()))
+
+
+def test_cloud_run_gets_one_l4_the_minimum_resources_and_scales_to_zero(cloudrun_service: dict[str, Any]) -> None:
+    flags = deploy_flags()
+    assert (flags["--gpu"], flags["--gpu-type"]) == ("1", "nvidia-l4")
+    assert (flags["--cpu"], flags["--memory"]) == ("4", "16Gi")  # an L4 needs at least 4 CPUs and 16 GiB
+    assert "--no-cpu-throttling" in flags  # GPU services need CPU always allocated
+    assert flags["--min-instances"] == "0"
+
+    template = cloudrun_service["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["autoscaling.knative.dev/minScale"] == "0"
+    assert annotations["run.googleapis.com/cpu-throttling"] == "false"
+    assert template["spec"]["nodeSelector"] == {"run.googleapis.com/accelerator": "nvidia-l4"}
+    (container,) = template["spec"]["containers"]
+    assert container["resources"]["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+
+
+def test_cloud_run_concurrency_is_the_engines_parallel_sequences(
+    cloudrun_service: dict[str, Any], image_config: Settings
+) -> None:
+    flags = deploy_flags()
+    env = dict(pair.split("=", 1) for pair in re.findall(r"CHAT_\w+=[^,\"]*", DEPLOY_CLOUDRUN.read_text()))
+    assert flags["--concurrency"] == str(image_config.n_parallel)
+    assert env["CHAT_N_PARALLEL"] == "${PARALLEL}"  # the same variable as --concurrency
+    spec = cloudrun_service["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    container_env = {e["name"]: e["value"] for e in container["env"]}
+    assert spec["containerConcurrency"] == image_config.n_parallel == int(container_env["CHAT_N_PARALLEL"])
+    assert container_env["CHAT_N_GPU_LAYERS"] == env["CHAT_N_GPU_LAYERS"] == "-1"
+
+
+def test_cloud_run_serves_the_web_adapter_image_on_its_port_and_probes_health(cloudrun_service: dict[str, Any]) -> None:
+    text = DEPLOY_CLOUDRUN.read_text()
+    built = re.search(r"^docker build (.*?)-t ", text.replace("\\\n", " "), flags=re.M)
+    assert built, "the script builds the image"
+    build_args = dict(re.findall(r"--build-arg (\w+)=(\S+)", built.group(1)))
+    assert (build_args["ACCEL"], build_args["MODE"]) == ("cuda", "web-adapter")
+    assert build_args["CUDA_ARCHITECTURES"] == "89"  # the L4's generation
+    served = image("cuda", "web-adapter")
+    assert served.command == ["python3", "-m", "handler"] and served.env["HOST"] == "0.0.0.0"
+
+    flags = deploy_flags()
+    (container,) = cloudrun_service["spec"]["template"]["spec"]["containers"]
+    assert flags["--port"] == str(container["ports"][0]["containerPort"]) == served.env["PORT"]
+    assert "httpGet.path=/health" in flags["--startup-probe"]
+    assert container["startupProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_every_gcloud_run_deploy_flag_exists() -> None:
+    """Checked against the installed gcloud's own help, offline; skipped where gcloud is not installed."""
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        pytest.skip("gcloud is not installed here")
+    out = subprocess.run([gcloud, "run", "deploy", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    shipped = {p.relative_to(target).as_posix() for p in (target / "handler").rglob("*.py")}
-    in_tree = {p.relative_to(ROOT).as_posix() for p in (ROOT / "handler").rglob("*.py")}
-    assert shipped == in_tree
+    known = set(re.findall(r"--(?:\[no-\])?[\w-]+", re.sub(r"\x1b\[[0-9;]*m", "", out.stdout)))
+    known |= {flag.replace("[no-]", "no-") for flag in known} | {flag.replace("[no-]", "") for flag in known}
+    text = DEPLOY_CLOUDRUN.read_text()
+    used = set(deploy_flags()) | set(re.findall(r"(--add-volume(?:-mount)?)=", text))
+    used |= {"--allow-unauthenticated", "--no-allow-unauthenticated"}
+    assert used <= known, used - known

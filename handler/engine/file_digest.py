@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from tqdm import tqdm
-
 
 def sha256_of(path: Path, progress: bool = True) -> str:
+    from tqdm import tqdm  # a progress bar for the command line; not on a cold start's import path
+
     digest = hashlib.sha256()
     with (
         path.open("rb") as f,

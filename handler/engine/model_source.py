@@ -11,12 +11,14 @@ the declared sha256 or the object's ETag and size.
 
 An S3 model is downloaded to the ephemeral disk into a temporary name and renamed only once
 its size (and sha256, when configured) checks out, so the final name always means a complete,
-verified file: a later start in the same environment reuses it and never a partial one.
+verified file: a later start in the same environment reuses it and never a partial one. Processes
+that share the disk take turns: one downloads, the others then reuse its file.
 boto3 is imported only here, only for an S3 source.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -217,9 +219,29 @@ class S3Source:
             return str(target)
 
     def _download(self, target: Path, head: dict[str, Any]) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        """Download under an exclusive lock on the folder: several processes of one environment share
+        /tmp (uvicorn workers, Lambda Managed Instances' Python processes). The first downloads; the others
+        wait, then find the complete file. The lock is the folder itself, so no lock file is ever left
+        beside the models, and the kernel drops it when its holder dies."""
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            folder = os.open(target.parent, os.O_RDONLY)
+        except OSError as exc:
+            raise ModelUnavailable(f"cannot use {target.parent} for the download of {self.uri}: {exc}") from exc
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            if target.is_file():
+                log.info("model downloaded by another process", extra={"path": str(target), "uri": self.uri})
+                return
+            self._download_locked(target, head)
+        finally:
+            os.close(folder)  # releases the lock
+
+    def _download_locked(self, target: Path, head: dict[str, Any]) -> None:
         for stale in target.parent.glob(target.name + ".partial-*"):
-            stale.unlink(missing_ok=True)  # left by an interrupted start; never used
+            # Only while holding the lock: a partial file is then one a dead process left, never one
+            # another process is still writing.
+            stale.unlink(missing_ok=True)
         partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
         expected = int(head["ContentLength"])
         progress = _ProgressLog(self.uri, expected)
