@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from handler.api import chat, health, openai, tokens
+from handler.api import chat, embeddings, health, openai, tokens
 from handler.cache.response_cache import ResponseCache
 from handler.core.config import Settings, load_settings
 from handler.engine.model import ModelHolder
@@ -19,6 +19,7 @@ from handler.middleware.request_context import RequestContextMiddleware
 from handler.observability.logs import configure_logging
 from handler.observability.metrics import PrometheusMetrics, make_metrics
 from handler.service.chat_service import ChatService
+from handler.service.embedding_service import EmbeddingService
 
 
 @asynccontextmanager
@@ -26,6 +27,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Under uvicorn: free threads, the model and the disk cache on exit. Mangum runs with lifespan off
     (a function is frozen, then dropped, without warning)."""
     yield
+    await run_in_threadpool(app.state.embeddings.close)
     await run_in_threadpool(app.state.chat.close)
 
 
@@ -41,7 +43,9 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     )
     app.state.settings = settings
     app.state.model = model or ModelHolder(settings)
-    app.state.chat = ChatService(settings, app.state.model, ResponseCache.from_settings(settings))
+    cache = ResponseCache.from_settings(settings)
+    app.state.chat = ChatService(settings, app.state.model, cache)
+    app.state.embeddings = EmbeddingService(settings, app.state.model, cache)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds)
     app.add_middleware(ApiKeyMiddleware, keys=ApiKeys(settings))
@@ -52,6 +56,7 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     app.add_middleware(RequestContextMiddleware, record=app.state.metrics.record)
     app.include_router(chat.router)
     app.include_router(openai.router)
+    app.include_router(embeddings.router)
     app.include_router(tokens.router)
     app.include_router(health.router)
     return app

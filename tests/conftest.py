@@ -40,6 +40,7 @@ def settings(tiny_model: Path, tmp_path: Path) -> Settings:
         n_ctx=CONTEXT,
         n_gpu_layers=0,
         n_threads=1,
+        flash_attn=False,  # as llama-cpp-python runs, whose answers the tests compare with
         max_tokens_default=16,
         cache_dir=str(tmp_path / "cache"),
         log_level="WARNING",

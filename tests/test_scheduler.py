@@ -525,3 +525,59 @@ def test_what_only_the_model_can_check_is_refused_at_submit(engine: Factory) -> 
         scheduler.token_piece(scheduler.n_vocab)
     assert scheduler.token_piece(1) == b"<s>" and scheduler.token_piece(A) == b"a"
     assert scheduler.submit(prompt_tokens, params(3)).result(timeout=30).completion_tokens == 3  # still serving
+
+
+# ---- embeddings -------------------------------------------------------------------------------
+
+
+def test_embeddings_come_between_steps_and_change_no_answer(engine: Factory, tiny_model: Path) -> None:
+    """The embedding context is made on the first embedding request only; vectors computed while
+    generations run are `Llama.embed`'s (mean pooling: the tiny model declares none), and the
+    generations' answers are the ones they get alone."""
+    import llama_cpp
+
+    scheduler = engine(n_parallel=4)
+    prompts = [tokens(scheduler, p) for p in PROMPTS[:4]]
+    p = params(32)
+    assert scheduler.submit(prompts[0], p).result(timeout=30).completion_tokens > 0
+    assert scheduler._embed_ctx is None  # generation alone never makes it
+    texts = PROMPTS[4:]
+    inputs = [scheduler.tokenize(t, add_bos=True, special=False) for t in texts]
+    generations = [scheduler.submit(t, p) for t in prompts]
+    vectors = [scheduler.embed(t) for t in inputs]
+    batched = [f.result(timeout=30) for f in generations]
+    assert batched == alone(tiny_model, prompts, p) or _tie_report(batched, alone(tiny_model, prompts, p))
+    reference = llama_cpp.Llama(
+        model_path=str(tiny_model),
+        embedding=True,
+        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+        n_threads=1,
+        verbose=False,
+    )
+    for text, future in zip(texts, vectors, strict=True):
+        assert list(future.result(timeout=30)) == reference.embed(text), text
+    assert scheduler.stats().embeddings == len(texts)
+    with pytest.raises(ValueError, match="exceed the embedding context"):
+        scheduler.embed([1] + [200] * scheduler.embedding_n_ctx)
+    with pytest.raises(ValueError, match="no tokens"):
+        scheduler.embed([])
+
+
+def test_close_fails_queued_embeddings(engine: Factory) -> None:
+    scheduler = engine(n_parallel=1)
+    release = threading.Event()
+    queued: list[Future[tuple[float, ...]]] = []
+
+    def on_text(piece: str) -> None:
+        if not queued:
+            queued.append(scheduler.embed(tokens(scheduler, "Hello")))
+            threading.Thread(target=scheduler.close).start()
+            release.wait(0.2)
+
+    running = scheduler.submit(tokens(scheduler, PROMPTS[0]), params(400), on_text=on_text)
+    with pytest.raises(SchedulerClosed):
+        running.result(timeout=30)
+    with pytest.raises(SchedulerClosed):
+        queued[0].result(timeout=30)
+    with pytest.raises(SchedulerClosed):
+        scheduler.embed([1, 2, 3])

@@ -27,6 +27,7 @@ router = APIRouter()
             }
         },
         400: {"model": ErrorResponse, "description": "The request cannot be answered as asked."},
+        404: {"model": ErrorResponse, "description": "`model` is not a model this service serves."},
         401: {"model": ErrorResponse, "description": "API keys are configured and none valid was sent."},
         413: {"model": ErrorResponse, "description": "The body is over max_body_bytes."},
         429: {"model": ErrorResponse, "description": "Too many distinct generations pending; see Retry-After."},
@@ -36,11 +37,12 @@ router = APIRouter()
     },
 )
 async def chat(body: ChatRequest, request: Request, response: Response, service: ChatServiceDep) -> ChatResponse:
+    lora = service.lora_for(body.model)
     service.check_prompt(body.prompt)
     params = service.sampling(body.max_tokens)
     policy = cache_policy(request.headers.get("cache-control"), body.cache)
     deadline = service.deadline(remaining_ms(request))
-    answer = await service.answer(chat_input(service.settings, body.prompt), params, policy, deadline)
+    answer = await service.answer(chat_input(service.settings, body.prompt), params, policy, deadline, lora)
     response.headers["X-Cache"] = answer.source
     response.headers["X-Finish-Reason"] = answer.completion.finish_reason
     log_answer(request, answer.source, answer.completion, body.prompt, shared=answer.shared)

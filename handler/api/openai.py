@@ -38,8 +38,7 @@ from handler.api.openai_schemas import (
 from handler.api.schemas import ErrorResponse
 from handler.api.sse import ChunkBuilder, events, sse_response
 from handler.cache.policy import cache_policy
-from handler.core.errors import NotFound
-from handler.core.types import ChatMessage, Completion, FinishReason, Prompt, SamplingParams
+from handler.core.types import ChatMessage, Completion, FinishReason, Lora, Prompt, SamplingParams
 from handler.engine.model import json_grammar
 from handler.service.chat_service import ChatService
 from handler.service.prompts import chat_prompt, completion_input
@@ -49,7 +48,7 @@ router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid or unsupported parameters; `param` names the field."},
     401: {"model": ErrorResponse, "description": "API keys are configured and none valid was sent."},
-    404: {"model": ErrorResponse, "description": "`model` is not the model this service serves."},
+    404: {"model": ErrorResponse, "description": "`model` is not a model this service serves (GET /v1/models)."},
     429: {"model": ErrorResponse, "description": "Too many distinct generations pending; see Retry-After."},
     503: {"model": ErrorResponse, "description": "The model cannot be loaded right now."},
 }
@@ -57,33 +56,20 @@ STARTED = int(time.time())
 R = TypeVar("R")
 
 
-def model_card(service: ChatService) -> ModelCard:
-    return ModelCard(id=service.settings.served_model, created=STARTED)
-
-
 @router.get("/models", response_model=ModelList)
 async def list_models(service: ChatServiceDep) -> ModelList:
-    return ModelList(data=[model_card(service)])
+    """The model, then `<model>:<adapter>` for each configured LoRA adapter."""
+    return ModelList(data=[ModelCard(id=model, created=STARTED) for model in service.models()])
 
 
 @router.get("/models/{model_id:path}", response_model=ModelCard, responses={404: ERRORS[404]})
 async def get_model(model_id: str, service: ChatServiceDep) -> ModelCard:
-    check_model(service, model_id)
-    return model_card(service)
-
-
-def check_model(service: ChatService, model: str) -> None:
-    if model != service.settings.served_model:
-        raise NotFound(
-            f"The model `{model}` is not served here; this service serves "
-            f"`{service.settings.served_model}` (GET /v1/models).",
-            param="model",
-        )
+    service.lora_for(model_id)
+    return ModelCard(id=model_id, created=STARTED)
 
 
 async def sampling(service: ChatService, body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
     """The request's own values over the service's defaults; its stop strings replace config's."""
-    check_model(service, body.model)
     body.unsupported()
     params = service.sampling(max_tokens)
     logprobs = body.logprobs_asked()
@@ -191,18 +177,19 @@ async def respond(
     logged_prompt: str,
     build: Callable[[Completion], R],
     chunk: ChunkBuilder,
+    lora: Lora | None,
 ) -> R | StreamingResponse:
     """Answer whole, or as server-sent events when the request asks to stream."""
     policy = cache_policy(request.headers.get("cache-control"), body.cache)
     deadline = service.deadline(remaining_ms(request))
     if not body.stream:
-        answer = await service.answer(prompt, params, policy, deadline)
+        answer = await service.answer(prompt, params, policy, deadline, lora)
         response.headers["X-Cache"] = answer.source
         response.headers["X-Finish-Reason"] = answer.completion.finish_reason
         log_answer(request, answer.source, answer.completion, logged_prompt, shared=answer.shared)
         return build(answer.completion)
 
-    stream = await service.stream(prompt, params, policy, deadline)
+    stream = await service.stream(prompt, params, policy, deadline, lora)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
 
     def usage_chunk(completion: Completion) -> dict[str, Any]:
@@ -225,9 +212,10 @@ async def completions(
 ) -> CompletionResponse | StreamingResponse:
     """A raw completion of `prompt`: no system prompt, no template, only the request's stop strings."""
     assert isinstance(body.prompt, str)  # the validator made it one string
+    lora = service.lora_for(body.model, body.lora_scale)
     service.check_prompt(body.prompt)
     params = await sampling(service, body, body.max_tokens)
-    rid, created, model = response_id(request, "cmpl"), int(time.time()), service.settings.served_model
+    rid, created, model = response_id(request, "cmpl"), int(time.time()), body.model
     prompt_text = body.prompt
 
     def build(completion: Completion) -> CompletionResponse:
@@ -257,7 +245,7 @@ async def completions(
         return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
 
     prompt = completion_input(service.settings, body.prompt)
-    return await respond(request, response, service, body, prompt, params, body.prompt, build, chunk)
+    return await respond(request, response, service, body, prompt, params, body.prompt, build, chunk, lora)
 
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
@@ -266,11 +254,12 @@ async def chat_completions(
 ) -> ChatCompletionResponse | StreamingResponse:
     """Messages formatted by the model's own chat template (GGUF metadata), or by the config's
     System/Human/Assistant template when the model has none."""
+    lora = service.lora_for(body.model, body.lora_scale)
     messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
     prompt = chat_prompt(service.settings, messages)
     service.check_prompt(prompt.fallback.full_text)
     params = await sampling(service, body, body.max_completion_tokens or body.max_tokens)
-    rid, created, model = response_id(request, "chatcmpl"), int(time.time()), service.settings.served_model
+    rid, created, model = response_id(request, "chatcmpl"), int(time.time()), body.model
 
     def build(completion: Completion) -> ChatCompletionResponse:
         return ChatCompletionResponse(
@@ -304,4 +293,4 @@ async def chat_completions(
         }
         return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]}
 
-    return await respond(request, response, service, body, prompt, params, messages[-1].content, build, chunk)
+    return await respond(request, response, service, body, prompt, params, messages[-1].content, build, chunk, lora)

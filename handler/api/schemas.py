@@ -19,6 +19,10 @@ class ChatRequest(BaseModel):
         strict=True,
         description="Most tokens to generate; the service's default (100 unless configured) when left out.",
     )
+    model: str | None = Field(
+        None,
+        description="The model, or `<model>:<adapter>` for a LoRA adapter (GET /v1/models); the model when left out.",
+    )
     cache: CacheMode = Field(
         "default",
         description="`no-cache`: generate afresh (and store); `no-store`: do not store this answer; `off`: both. "

@@ -2,26 +2,34 @@
 
 An entry carries its schema version and the key it was stored under: an entry from an older
 release, a damaged one, or one under the wrong key reads as a miss, never as an answer.
+
+Two kinds: a completion (no `kind` field, as entries always had), and an embedding vector
+(`kind: "embedding"`, with a schema version of its own), each read back only as its own kind.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 from dataclasses import dataclass
 from typing import TypeVar
 
-from handler.core.types import Completion, FinishReason, TokenLogprob
+from handler.core.types import Completion, Embedding, FinishReason, TokenLogprob
 
 # 2: keys name the full-content identity and the model input as the model sees it
 # 3: grammar, logit bias and logprobs join the key; entries carry log-probabilities
 SCHEMA_VERSION = 3
+# 1: the vector as little-endian float64 in base64 (exact for float32 and normalized values), and its tokens
+EMBEDDING_SCHEMA_VERSION = 1
+EMBEDDING_KIND = "embedding"
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Entry:
-    completion: Completion
+    value: Completion | Embedding
     created: float  # wall-clock seconds, so an entry's age survives a restart
 
     def expired(self, ttl: float | None) -> bool:
@@ -29,7 +37,9 @@ class Entry:
 
 
 def encode(key: str, entry: Entry) -> bytes:
-    c = entry.completion
+    c = entry.value
+    if isinstance(c, Embedding):
+        return _encode_embedding(key, entry.created, c)
     return json.dumps(
         {
             "v": SCHEMA_VERSION,
@@ -52,7 +62,11 @@ def decode(key: str, raw: object) -> Entry | None:
         return None
     try:
         data = json.loads(raw)
-        if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION or data.get("key") != key:
+        if not isinstance(data, dict) or data.get("key") != key:
+            return None
+        if data.get("kind") == EMBEDDING_KIND:
+            return _decode_embedding(data)
+        if "kind" in data or data.get("v") != SCHEMA_VERSION:
             return None
         completion = Completion(
             text=_typed(data["text"], str),
@@ -65,6 +79,36 @@ def decode(key: str, raw: object) -> Entry | None:
         return Entry(completion, float(created if isinstance(created, float) else _typed(created, int)))
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _encode_embedding(key: str, created: float, embedding: Embedding) -> bytes:
+    packed = struct.pack(f"<{len(embedding.vector)}d", *embedding.vector)
+    vector = base64.b64encode(packed).decode("ascii")
+    return json.dumps(
+        {
+            "kind": EMBEDDING_KIND,
+            "v": EMBEDDING_SCHEMA_VERSION,
+            "key": key,
+            "created": created,
+            "vector": vector,
+            "prompt_tokens": embedding.prompt_tokens,
+        },
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def _decode_embedding(data: dict[str, object]) -> Entry | None:
+    if data.get("v") != EMBEDDING_SCHEMA_VERSION:
+        return None
+    packed = base64.b64decode(_typed(data["vector"], str), validate=True)
+    if not packed or len(packed) % 8:
+        return None
+    vector = struct.unpack(f"<{len(packed) // 8}d", packed)
+    created = data["created"]
+    return Entry(
+        Embedding(vector, _typed(data["prompt_tokens"], int)),
+        float(created if isinstance(created, float) else _typed(created, int)),
+    )
 
 
 def _encode_logprob(entry: TokenLogprob) -> list[object]:

@@ -9,12 +9,15 @@ import hashlib
 import json
 from typing import Any
 
-from handler.cache.entry import SCHEMA_VERSION
+from handler.cache.entry import EMBEDDING_KIND, EMBEDDING_SCHEMA_VERSION, SCHEMA_VERSION
 from handler.core.types import SamplingParams
 
 
-def cache_key(model: str, prompt: str, params: SamplingParams, n_ctx: int) -> str:
-    """`prompt`: the model's whole input, as `ModelInput.key_material` writes it."""
+def cache_key(
+    model: str, prompt: str, params: SamplingParams, n_ctx: int, lora: tuple[str, float] | None = None
+) -> str:
+    """`prompt`: the model's whole input, as `ModelInput.key_material` writes it. `lora`: the identity of
+    the LoRA adapter applied and its scale; absent for the model alone, whose keys stay as they were."""
     material: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "model": model,
@@ -22,5 +25,25 @@ def cache_key(model: str, prompt: str, params: SamplingParams, n_ctx: int) -> st
         "prompt": prompt,
         "params": vars(params),  # its fields are flat and immutable: no deep copy (asdict) needed
     }
+    if lora is not None:
+        material["lora"] = {"identity": lora[0], "scale": lora[1]}
+    return _digest(material)
+
+
+def embedding_key(model: str, text: str, pooling: str, normalize: bool) -> str:
+    """One input's vector: the model, the text, and how token vectors become one (the configured pooling,
+    which with the model's identity fixes the pooling used, and the normalization)."""
+    material: dict[str, Any] = {
+        "kind": EMBEDDING_KIND,
+        "schema": EMBEDDING_SCHEMA_VERSION,
+        "model": model,
+        "input": text,
+        "pooling": pooling,
+        "normalize": normalize,
+    }
+    return _digest(material)
+
+
+def _digest(material: dict[str, Any]) -> str:
     canonical = json.dumps(material, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

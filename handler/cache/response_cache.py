@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from handler.cache.disk import DiskTier
 from handler.cache.entry import Entry
@@ -13,7 +13,9 @@ from handler.cache.memory import MemoryTier
 from handler.cache.shared import SharedTier
 from handler.cache.tier import Tier
 from handler.core.config import Settings
-from handler.core.types import CacheSource, Completion
+from handler.core.types import CacheSource, Completion, Embedding
+
+V = TypeVar("V", Completion, Embedding)
 
 
 def configured_tiers(settings: Settings) -> list[Tier]:
@@ -58,28 +60,41 @@ class ResponseCache:
 
     def get_fast(self, key: str) -> tuple[Completion, CacheSource] | None:
         """The leading tiers that are cheap enough to read on the event loop."""
-        return self._walk(key, blocking=False)
+        return self._walk(key, blocking=False, kind=Completion)
 
     def get_slow(self, key: str) -> tuple[Completion, CacheSource] | None:
         """The blocking tiers. Call from a worker thread."""
-        return self._walk(key, blocking=True)
+        return self._walk(key, blocking=True, kind=Completion)
 
-    def _walk(self, key: str, blocking: bool) -> tuple[Completion, CacheSource] | None:
+    def get_embedding_fast(self, key: str) -> tuple[Embedding, CacheSource] | None:
+        return self._walk(key, blocking=False, kind=Embedding)
+
+    def get_embedding_slow(self, key: str) -> tuple[Embedding, CacheSource] | None:
+        """Blocking: call from a worker thread."""
+        return self._walk(key, blocking=True, kind=Embedding)
+
+    def _walk(self, key: str, blocking: bool, kind: type[V]) -> tuple[V, CacheSource] | None:
         for index, tier in enumerate(self.tiers):
             if tier.blocking != blocking:
                 continue
             entry = tier.get(key)
-            if entry is not None:
+            if entry is not None and isinstance(entry.value, kind):
                 for faster in self.tiers[:index]:
                     faster.put(key, entry)
-                return entry.completion, tier.source
+                return entry.value, tier.source
         return None
 
     def put(self, key: str, completion: Completion) -> None:
         """Blocking: call from a worker thread. Only finished answers come here."""
         # What it cost to make is this request's, not the answer's: a hit made nothing.
         stored = dataclasses.replace(completion, generation_seconds=0.0, load_seconds=None)
-        entry = Entry(stored, time.time())
+        self._put(key, Entry(stored, time.time()))
+
+    def put_embedding(self, key: str, embedding: Embedding) -> None:
+        """Blocking: call from a worker thread."""
+        self._put(key, Entry(dataclasses.replace(embedding, model_identity=None), time.time()))
+
+    def _put(self, key: str, entry: Entry) -> None:
         for tier in self.tiers:
             tier.put(key, entry)
 

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from handler.core.types import SamplingParams
 
 ENV_PREFIX = "CHAT_"
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 CONFIG_ENV = "CHAT_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 TEMPLATE_FIELDS = frozenset({"system_prompt", "prompt"})
@@ -80,6 +83,34 @@ class Settings(BaseModel):
         True,
         description="Map the model file instead of reading it into memory: faster to load, but a file "
         "overwritten in place while loaded can crash the process; replace model files by rename, or set false.",
+    )
+
+    lora_adapters: dict[str, str] = Field(
+        {},
+        description="LoRA adapters for the model: a name to a GGUF adapter file (a path relative to the config "
+        "file's folder, or s3://bucket/key, fetched as the model is). Each is served as the model id "
+        "`<model>:<name>`, loaded the first time a request asks for it.",
+    )
+    lora_adapters_sha256: dict[str, str] = Field(
+        {},
+        description="Known sha256 of adapter files, by name: the adapter's identity in cache keys without "
+        "reading it, and checked before it is loaded.",
+    )
+
+    # Embeddings (POST /v1/embeddings)
+    embedding_pooling: Literal["model", "mean", "cls", "last"] = Field(
+        "model",
+        description="How token vectors become one vector per input: `model`: the pooling the model file declares "
+        "(`<arch>.pooling_type`: mean, cls or last), mean where it declares none (llama.cpp would then give a "
+        "vector per token, which the OpenAI shape has no place for).",
+    )
+    embedding_normalize: bool = Field(
+        False,
+        description="Scale each vector to unit length (L2), as OpenAI's and llama-server's are. Off: the pooled "
+        "vector as it is, as llama-cpp-python's `Llama.embed` gives it.",
+    )
+    embedding_max_inputs: int = Field(
+        128, ge=1, le=2048, description="Most inputs in one embeddings request; each is held to max_prompt_chars."
     )
 
     # Prompt
@@ -236,6 +267,28 @@ class Settings(BaseModel):
                 raise ValueError("must be a local path or an s3://bucket/key URI")
         return path
 
+    @field_validator("lora_adapters")
+    @classmethod
+    def _adapters(cls, adapters: dict[str, str]) -> dict[str, str]:
+        for name, path in adapters.items():
+            if not ADAPTER_NAME.fullmatch(name):
+                raise ValueError(f"adapter name {name!r}: letters, digits, '.', '_' or '-', at most 64")
+            cls._local_or_s3(path)
+        return adapters
+
+    @model_validator(mode="after")
+    def _adapter_digests(self) -> Settings:
+        for name, digest in self.lora_adapters_sha256.items():
+            if name not in self.lora_adapters:
+                raise ValueError(f"lora_adapters_sha256 names {name!r}, which is not in lora_adapters")
+            if not SHA256.fullmatch(digest):
+                raise ValueError(f"lora_adapters_sha256[{name!r}] must be 64 lowercase hex digits")
+        return self
+
+    def adapter_id(self, name: str) -> str:
+        """The model id OpenAI clients send for an adapter."""
+        return f"{self.served_model}:{name}"
+
     @field_validator("api_keys")
     @classmethod
     def _keys_long_enough(cls, keys: list[str]) -> list[str]:
@@ -322,6 +375,12 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     updates: dict[str, Any] = {}
     if not _is_uri(settings.model_path) and not os.path.isabs(settings.model_path):
         updates["model_path"] = str(base / settings.model_path)
+    adapters = {
+        name: path if _is_uri(path) or os.path.isabs(path) else str(base / path)
+        for name, path in settings.lora_adapters.items()
+    }
+    if adapters != settings.lora_adapters:
+        updates["lora_adapters"] = adapters
     for key in ("cache_dir", "cache_seed_dir"):
         folder = getattr(settings, key)
         if not folder:

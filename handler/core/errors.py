@@ -71,6 +71,20 @@ class ContextOverflow(ServiceError):
         )
 
 
+class InputTooLong(ServiceError):
+    """An embedding input longer than the embedding context: the caller's to fix."""
+
+    status_code = 400
+    error_type = "context_length_exceeded"
+    param = "input"
+
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        super().__init__(f"input {index}: {tokens} tokens > embedding context {limit}")
+        self.public_message = (
+            f"Input {index} is {tokens} tokens, more than the {limit} tokens this service embeds at once. Shorten it."
+        )
+
+
 class BadRequest(ServiceError):
     status_code = 400
     error_type = "invalid_request"

@@ -78,10 +78,28 @@ class Completion:
     load_seconds: float | None = field(default=None, compare=False)  # set when this request loaded the model
     model_identity: str | None = field(default=None, compare=False)  # the model that generated it; None on a hit
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per token of the text, when the request asked
+    adapter_identity: str | None = field(default=None, compare=False)  # the LoRA adapter it was made with, if any
 
     @property
     def tokens_per_second(self) -> float | None:
         return self.completion_tokens / self.generation_seconds if self.generation_seconds > 0 else None
+
+
+@dataclass(frozen=True)
+class Lora:
+    """A LoRA adapter a request asks for, by its configured name, and the scale it is applied at."""
+
+    name: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """One input's embedding vector, as the model computed it (pooled, and normalized where configured)."""
+
+    vector: tuple[float, ...]
+    prompt_tokens: int
+    model_identity: str | None = field(default=None, compare=False)  # the model that computed it; None on a hit
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ class EngineSettings:
     use_mmap: bool
     cache_prompt: bool = True  # keep finished sequences' KV cells for prefix reuse
     flash_attn: bool = False  # llama-cpp-python's default, so answers match create_completion's
+    embedding_pooling: str = "model"  # model (its declared pooling, else mean), mean, cls or last
+    embedding_normalize: bool = False  # L2, as llama-cpp-python's embed(normalize=True)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class SchedulerStats:
     generated_tokens: int
     finished: int
     decode_failures: int
+    embeddings: int = 0  # embedding inputs computed
 
 
 class Engine(Protocol):
@@ -101,7 +104,19 @@ class Engine(Protocol):
         deadline: float | None = None,
         cancelled: threading.Event | None = None,
         on_text: Callable[[str], None] | None = None,
-    ) -> Future[Generated]: ...
+        lora: tuple[str, float] | None = None,
+    ) -> Future[Generated]:
+        """`lora`: a LoRA adapter file and the scale it is applied at."""
+        ...
+
+    @property
+    def embedding_n_ctx(self) -> int:
+        """The most tokens one embedding input may have (it is decoded in one llama_decode)."""
+        ...
+
+    def embed(self, tokens: list[int]) -> Future[tuple[float, ...]]:
+        """One input's pooled vector, computed on the engine's thread between decoding steps."""
+        ...
 
     def stats(self) -> SchedulerStats: ...
 

@@ -17,14 +17,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from handler.core.config import Settings
-from handler.core.errors import BadRequest, ContextOverflow, GenerationFailed, ModelUnavailable
-from handler.core.types import ChatPrompt, Completion, FinishReason, ModelInput, SamplingParams
+from handler.core.errors import BadRequest, ContextOverflow, GenerationFailed, InputTooLong, ModelUnavailable
+from handler.core.types import ChatPrompt, Completion, Embedding, FinishReason, Lora, ModelInput, SamplingParams
 from handler.engine.contract import Engine, EngineSettings, InvalidRequest, SchedulerError, SchedulerLoadError
 from handler.engine.gguf_header import ChatMetadata, read_chat_metadata
-from handler.engine.model_source import ModelSource, OpenedModel, model_source
+from handler.engine.model_identity import DigestMemo
+from handler.engine.model_source import LocalSource, ModelSource, OpenedModel, S3Source, model_source
 
 if TYPE_CHECKING:
     from handler.engine.chat_format import ChatTemplate
@@ -46,6 +48,14 @@ def load_engine(settings: EngineSettings) -> Engine:
     return Scheduler.load(settings)
 
 
+def adapter_source(settings: Settings, name: str) -> ModelSource:
+    """A LoRA adapter's file, found, fetched and identified as the model's is (its sha256)."""
+    path, sha256 = settings.lora_adapters[name], settings.lora_adapters_sha256.get(name)
+    if path.startswith("s3://"):
+        return S3Source(path, sha256, settings.model_download_dir)
+    return LocalSource(path, sha256, DigestMemo(Path(settings.model_download_dir) / "digests"))
+
+
 def engine_settings(settings: Settings, model_path: str) -> EngineSettings:
     return EngineSettings(
         model_path=model_path,
@@ -57,6 +67,8 @@ def engine_settings(settings: Settings, model_path: str) -> EngineSettings:
         use_mmap=settings.use_mmap,
         cache_prompt=settings.reuse_prompt_prefix,
         flash_attn=settings.flash_attn,
+        embedding_pooling=settings.embedding_pooling,
+        embedding_normalize=settings.embedding_normalize,
     )
 
 
@@ -72,6 +84,9 @@ class ModelHolder:
         self._engine: Engine | None = None
         self._opened: OpenedModel | None = None
         self._templates: dict[str, ChatTemplate | None] = {}  # by model identity; None: it has none
+        self.adapter_sources = {name: adapter_source(settings, name) for name in settings.lora_adapters}
+        self._adapters: dict[str, OpenedModel] = {}  # opened on first use, held for the container's life
+        self._adapters_lock = threading.Lock()
         self.load_seconds: float | None = None
         self.generations = 0
 
@@ -157,6 +172,32 @@ class ModelHolder:
             engine.close()
         if opened is not None:
             opened.release()
+        with self._adapters_lock:
+            adapters, self._adapters = self._adapters, {}
+        for adapter in adapters.values():
+            adapter.release()
+
+    # ---- LoRA adapters -------------------------------------------------------------------------
+
+    def known_adapter_identity(self, name: str) -> str | None:
+        """An adapter's identity when known without blocking."""
+        opened = self._adapters.get(name)
+        return opened.identity if opened is not None else self.adapter_sources[name].known_identity()
+
+    def adapter_identity(self, name: str) -> str:
+        """An adapter's identity, for cache keys: the file opened for it once it has been; blocking."""
+        opened = self._adapters.get(name)
+        return opened.identity if opened is not None else self.adapter_sources[name].identity()
+
+    def _adapter(self, name: str) -> OpenedModel:
+        """The adapter's file, fetched, checked and held open; the engine loads it on first use.
+        Raises ModelUnavailable (ModelMismatch for a file that is not the declared sha256)."""
+        with self._adapters_lock:
+            opened = self._adapters.get(name)
+            if opened is None:
+                opened = self.adapter_sources[name].open()
+                self._adapters[name] = opened
+            return opened
 
     # ---- chat templates ------------------------------------------------------------------------
 
@@ -189,13 +230,16 @@ class ModelHolder:
         *,
         cancelled: threading.Event | None = None,
         on_text: Callable[[str], None] | None = None,
+        lora: Lora | None = None,
     ) -> Completion:
         """Generate one answer, stopping at `deadline` (time.monotonic()) with finish_reason time_limit,
         or once `cancelled` is set. With `on_text`, the text is streamed to it piece by piece (from the
-        engine's thread). Blocking: call from a worker thread; other requests decode alongside.
+        engine's thread); with `lora`, under that adapter. Blocking: call from a worker thread; other
+        requests decode alongside.
 
         Raises ModelUnavailable, ContextOverflow or GenerationFailed.
         """
+        adapter = self._adapter(lora.name) if lora is not None else None
         engine, opened, load_seconds = self._ensure_loaded()
         tokens = tokenize(engine, model_input)
         if len(tokens) + params.max_tokens > engine.n_ctx:
@@ -203,10 +247,15 @@ class ModelHolder:
         if cancelled is not None and cancelled.is_set():  # gone while waiting for the model
             return Completion("", FinishReason.CANCELLED, len(tokens), 0, model_identity=opened.identity)
         params = dataclasses.replace(params, stop=model_input.stops_with(params.stop))
+        extra = {} if adapter is None or lora is None else {"lora": (adapter.path, lora.scale)}
         try:
-            generated = engine.submit(tokens, params, deadline=deadline, cancelled=cancelled, on_text=on_text).result()
+            generated = engine.submit(
+                tokens, params, deadline=deadline, cancelled=cancelled, on_text=on_text, **extra
+            ).result()
         except InvalidRequest as exc:
             raise BadRequest(str(exc), param=exc.param) from None
+        except SchedulerLoadError as exc:
+            raise ModelUnavailable(f"LoRA adapter {lora.name if lora else ''} failed to load: {exc}") from exc
         except (SchedulerError, ValueError, RuntimeError, OSError) as exc:
             raise GenerationFailed(f"llama.cpp generation failed: {exc!r}") from exc
         self.generations += 1
@@ -219,7 +268,33 @@ class ModelHolder:
             load_seconds=load_seconds,
             model_identity=opened.identity,
             logprobs=generated.logprobs,
+            adapter_identity=None if adapter is None else adapter.identity,
         )
+
+    # ---- embeddings ----------------------------------------------------------------------------
+
+    def embed(self, texts: list[str]) -> list[Embedding]:
+        """Each text's vector, in order: tokenized as llama-cpp-python's `Llama.embed` tokenizes (with the
+        begin-of-sequence token, control-token text read as text), computed on the engine's thread.
+        Blocking: call from a worker thread.
+
+        Raises ModelUnavailable, InputTooLong (the first input over the embedding context) or GenerationFailed.
+        """
+        engine, opened, _ = self._ensure_loaded()
+        inputs = [engine.tokenize(text, add_bos=True, special=False) for text in texts]
+        limit = engine.embedding_n_ctx
+        for index, tokens in enumerate(inputs):
+            if len(tokens) > limit:
+                raise InputTooLong(index, len(tokens), limit)
+        try:
+            futures = [engine.embed(tokens) for tokens in inputs]
+            vectors = [future.result() for future in futures]
+        except (SchedulerError, ValueError, RuntimeError, OSError) as exc:
+            raise GenerationFailed(f"llama.cpp embedding failed: {exc!r}") from exc
+        return [
+            Embedding(vector, len(tokens), model_identity=opened.identity)
+            for vector, tokens in zip(vectors, inputs, strict=True)
+        ]
 
     # ---- the vocabulary ------------------------------------------------------------------------
 

@@ -21,6 +21,17 @@ Per request (a "sequence", llama.cpp's seq_id = its slot number):
 - when it finishes, its cells stay in its slot as a prompt cache (llama-server's cache_prompt): a
   later request sharing a prefix with them decodes only the rest. Idle cached cells are evicted
   whenever a new reservation needs the room.
+
+LoRA adapters apply to a whole context, so sequences under different adapters (or scales) never share
+a step: each step decodes one adapter set, the oldest running sequence's first and then each set in
+turn, and the others wait. An adapter is loaded on this thread the first time a request uses it. A
+slot's cached cells record the adapter they were computed under, and serve only a request under the
+same one (the keys and values depend on it).
+
+Embeddings: a second context on the same model (embeddings on, pooled), created on this thread the
+first time one is asked for. The loop serves one embedding input between decoding steps, alone in its
+llama_decode, as llama-cpp-python's `Llama.embed` decodes a single text: the same vector, and a long
+list never stalls the running generations for more than one input's decode.
 """
 
 from __future__ import annotations
@@ -61,6 +72,11 @@ GGUF_MAGIC = b"GGUF"
 PENALTY_LAST_N = 64  # llama-cpp-python's `last_n_tokens_size` default, the penalties' window in its chain
 SEED_MASK = 0xFFFFFFFF  # llama_sampler_init_dist takes a uint32_t; ctypes wraps Python ints the same way
 GRAMMAR_ROOT = b"root"
+POOLING = {
+    "mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+    "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
+    "last": llama_cpp.LLAMA_POOLING_TYPE_LAST,
+}
 
 
 @functools.cache
@@ -90,6 +106,10 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+# (adapter file, scale) a sequence decodes under; None: the model alone
+LoraSet = tuple[str, float] | None
+
+
 @dataclass(eq=False)
 class _Request:
     tokens: list[int]
@@ -99,6 +119,7 @@ class _Request:
     on_text: Callable[[str], None] | None
     future: Future[Generated]
     stops: list[bytes]  # non-empty stop strings, matched on bytes as llama-cpp-python does
+    lora: LoraSet = None
 
     @property
     def need(self) -> int:
@@ -107,11 +128,18 @@ class _Request:
 
 
 @dataclass(eq=False)
+class _EmbedRequest:
+    tokens: list[int]
+    future: Future[tuple[float, ...]]
+
+
+@dataclass(eq=False)
 class _Slot:
     id: int  # the llama.cpp seq_id
     cached: list[int] = field(default_factory=list)  # tokens whose KV cells this seq holds, by position
     seq: _Sequence | None = None
     last_used: int = 0  # admission counter, for LRU eviction and slot choice
+    lora: LoraSet = None  # the adapter its cached cells were computed under
 
 
 @dataclass(eq=False)
@@ -147,6 +175,7 @@ class Scheduler:
         self.settings = settings
         self._cond = threading.Condition()
         self._incoming: list[_Request] = []  # under _cond
+        self._embed_incoming: list[_EmbedRequest] = []  # under _cond
         self._closing = False  # under _cond
         self._closed = False
         self._vocab_lock = threading.Lock()  # other threads' tokenizer calls vs. freeing the model
@@ -173,6 +202,14 @@ class Scheduler:
         self._bos = -1
         self._eos = -1
         self._metadata: dict[str, str] = {}
+        self._adapters: dict[str, Any] = {}  # adapter file -> llama_adapter_lora_p, loaded on first use
+        self._applied: LoraSet = None  # what the generation context has set now
+        self._last_set: LoraSet = None  # the set the last step decoded, for the turn of the next
+        self._embeds: deque[_EmbedRequest] = deque()
+        self._embed_ctx: Any = None  # created on the first embedding request
+        self._embed_batch: llama_cpp.llama_batch | None = None
+        self._embed_size = max(1, min(settings.n_batch, settings.n_ctx))  # tokens of one input, one decode
+        self._n_embd = 0
         self._counters = {
             "steps": 0,
             "batch_tokens": 0,
@@ -180,6 +217,7 @@ class Scheduler:
             "generated_tokens": 0,
             "finished": 0,
             "decode_failures": 0,
+            "embeddings": 0,
         }
 
     # ---- life cycle -------------------------------------------------------------------------
@@ -265,6 +303,7 @@ class Scheduler:
         self._batch_size = llama_cpp.llama_n_batch(ctx)
         self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
         self._n_swa = llama_cpp.llama_model_n_swa(model)
+        self._n_embd = llama_cpp.llama_model_n_embd(model)
         stateful = llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model)
         self._can_reuse = s.cache_prompt and not stateful
         # A cell shared by two sequences is never recycled by llama.cpp's SWA cache (only single-owner
@@ -295,6 +334,12 @@ class Scheduler:
         for seq in self._active:
             llama_cpp.llama_sampler_free(seq.chain)
         self._active = []
+        if self._embed_batch is not None:
+            llama_cpp.llama_batch_free(self._embed_batch)
+            self._embed_batch = None
+        if self._embed_ctx:
+            llama_cpp.llama_free(self._embed_ctx)
+            self._embed_ctx = None
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -302,6 +347,9 @@ class Scheduler:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
             self._mem = None
+        for adapter in self._adapters.values():
+            llama_cpp.llama_adapter_lora_free(adapter)
+        self._adapters = {}
         if self._model:
             with self._vocab_lock:  # no tokenizer call is running on another thread, and none starts
                 self._vocab = None
@@ -320,12 +368,21 @@ class Scheduler:
         try:
             while True:
                 with self._cond:
-                    while not (self._closing or self._incoming or self._waiting or self._active):
+                    while not (
+                        self._closing
+                        or self._incoming
+                        or self._waiting
+                        or self._active
+                        or self._embed_incoming
+                        or self._embeds
+                    ):
                         self._cond.wait()  # idle: no spinning
                     if self._closing:
                         break
                     self._waiting.extend(self._incoming)
                     self._incoming.clear()
+                    self._embeds.extend(self._embed_incoming)
+                    self._embed_incoming.clear()
                 self._step()
         except BaseException as exc:  # a fault of ours: fail everything rather than hang callers
             log.exception("llama scheduler stopped on a fault")
@@ -335,6 +392,8 @@ class Scheduler:
             self._closed = True
             self._waiting.extend(self._incoming)
             self._incoming.clear()
+            self._embeds.extend(self._embed_incoming)
+            self._embed_incoming.clear()
         error = SchedulerClosed("the model scheduler stopped" + (f": {fault!r}" if fault else ""))
         for seq in list(self._active):
             self._fail(seq, error)
@@ -342,6 +401,10 @@ class Scheduler:
             if not request.future.done():
                 request.future.set_exception(error)
         self._waiting.clear()
+        for embed in self._embeds:
+            if not embed.future.done():
+                embed.future.set_exception(error)
+        self._embeds.clear()
         self._free()
 
     # ---- any thread ---------------------------------------------------------------------------
@@ -369,6 +432,14 @@ class Scheduler:
     @property
     def n_vocab(self) -> int:
         return int(self._n_vocab)
+
+    @property
+    def n_embd(self) -> int:
+        return int(self._n_embd)
+
+    @property
+    def embedding_n_ctx(self) -> int:
+        return self._embed_size
 
     def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
         """Callable from any thread (the vocabulary is read-only)."""
@@ -451,10 +522,12 @@ class Scheduler:
         deadline: float | None = None,
         cancelled: threading.Event | None = None,
         on_text: Callable[[str], None] | None = None,
+        lora: LoraSet = None,
     ) -> Future[Generated]:
         """Queue one generation. `deadline` is a time.monotonic() value; `on_text` is called from the
-        scheduler thread with each streamable piece. Raises ValueError for a request that can never
-        fit, SchedulerClosed after close()."""
+        scheduler thread with each streamable piece; `lora`, a LoRA adapter file and its scale. Raises
+        ValueError for a request that can never fit, SchedulerClosed after close(); an adapter llama.cpp
+        cannot load fails the future with SchedulerLoadError."""
         if not tokens:
             raise ValueError("the prompt has no tokens")
         if params.max_tokens < 1:
@@ -467,12 +540,37 @@ class Scheduler:
         self._check_sampling(params)
         future: Future[Generated] = Future()
         request = _Request(
-            list(tokens), params, deadline, cancelled, on_text, future, [s.encode("utf-8") for s in params.stop if s]
+            list(tokens),
+            params,
+            deadline,
+            cancelled,
+            on_text,
+            future,
+            [s.encode("utf-8") for s in params.stop if s],
+            None if lora is None else (lora[0], float(lora[1])),
         )
         with self._cond:
             if self._closing:
                 raise SchedulerClosed("the model scheduler is closed")
             self._incoming.append(request)
+            self._cond.notify()
+        return future
+
+    def embed(self, tokens: list[int]) -> Future[tuple[float, ...]]:
+        """Queue one embedding input (tokenized with its BOS). Raises ValueError for an input longer
+        than `embedding_n_ctx` or empty, SchedulerClosed after close()."""
+        if not tokens:
+            raise ValueError("the input has no tokens")
+        if len(tokens) > self._embed_size:
+            raise ValueError(f"{len(tokens)} input tokens exceed the embedding context of {self._embed_size} tokens")
+        for token in tokens:
+            if not 0 <= token < self._n_vocab:  # llama.cpp would abort on it
+                raise ValueError(f"token {token} is outside the vocabulary")
+        future: Future[tuple[float, ...]] = Future()
+        with self._cond:
+            if self._closing:
+                raise SchedulerClosed("the model scheduler is closed")
+            self._embed_incoming.append(_EmbedRequest(list(tokens), future))
             self._cond.notify()
         return future
 
@@ -508,6 +606,94 @@ class Scheduler:
         self._admit()
         if self._active:
             self._decode_step()
+        if self._embeds:
+            self._embed_next()
+
+    # ---- embeddings (the scheduler thread) --------------------------------------------------------
+
+    def _embedding_pooling(self) -> int:
+        """The configured pooling; for `model`, the one the file declares, mean where it declares none
+        (or none, or rank: neither gives one vector per input)."""
+        choice = self.settings.embedding_pooling
+        if choice in POOLING:
+            return POOLING[choice]
+        architecture = self._metadata.get("general.architecture", "")
+        try:
+            declared = int(self._metadata.get(f"{architecture}.pooling_type", ""))
+        except ValueError:
+            declared = -1
+        return declared if declared in POOLING.values() else llama_cpp.LLAMA_POOLING_TYPE_MEAN
+
+    def _embedding_context(self) -> Any:
+        """Created once, on the first embedding request: a service that never embeds pays nothing."""
+        if self._embed_ctx:
+            return self._embed_ctx
+        s = self.settings
+        threads = s.n_threads if s.n_threads > 0 else usable_cores()
+        params = llama_cpp.llama_context_default_params()
+        # One input per decode, in one micro-batch: pooling reads the whole sequence at once.
+        params.n_ctx = self._embed_size
+        params.n_batch = self._embed_size
+        params.n_ubatch = self._embed_size
+        params.n_seq_max = 1
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.embeddings = True
+        params.pooling_type = self._embedding_pooling()
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if s.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        ctx = llama_cpp.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise DecodeError(f"llama.cpp could not create an embedding context of {self._embed_size} tokens")
+        self._embed_ctx = ctx
+        self._embed_batch = llama_cpp.llama_batch_init(self._embed_size, 0, 1)
+        return ctx
+
+    def _embed_next(self) -> None:
+        request = self._embeds.popleft()
+        if not request.future.set_running_or_notify_cancel():
+            return
+        try:
+            vector = self._embed(request.tokens)
+        except DecodeError as exc:
+            request.future.set_exception(exc)
+            return
+        self._counters["embeddings"] += 1
+        request.future.set_result(vector)
+
+    def _embed(self, tokens: list[int]) -> tuple[float, ...]:
+        """As llama-cpp-python's `Llama.embed` decodes one text: a cleared cache, every token an output."""
+        ctx = self._embedding_context()
+        batch = self._embed_batch
+        assert batch is not None
+        token: Any = batch.token
+        pos: Any = batch.pos
+        n_seq_id: Any = batch.n_seq_id
+        seq_id: Any = batch.seq_id
+        logits: Any = batch.logits
+        for i, tok in enumerate(tokens):
+            token[i] = tok
+            pos[i] = i
+            n_seq_id[i] = 1
+            seq_id[i][0] = 0
+            logits[i] = True
+        batch.n_tokens = len(tokens)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        rc = llama_cpp.llama_decode(ctx, batch)
+        if rc != 0:
+            raise DecodeError(f"llama_decode returned {rc} for an embedding")
+        pointer = llama_cpp.llama_get_embeddings_seq(ctx, 0)
+        if not pointer:
+            raise DecodeError("llama.cpp gave no pooled embedding")
+        vector: list[float] = pointer[: self._n_embd]
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        if self.settings.embedding_normalize:
+            # llama-cpp-python's normalize_embedding, to the bit
+            norm = float(np.linalg.norm(vector))
+            if norm != 0.0:
+                vector = [v / norm for v in vector]
+        return tuple(vector)
 
     @staticmethod
     def _interrupted(request: _Request, now: float) -> FinishReason | None:
@@ -529,10 +715,10 @@ class Scheduler:
                 request.future.set_result(Generated("", reason, len(request.tokens), 0, 0.0, logprobs))
         self._waiting = kept
 
-    def _usable_prefix(self, slot: _Slot, tokens: list[int]) -> int:
+    def _usable_prefix(self, slot: _Slot, tokens: list[int], lora: LoraSet) -> int:
         """How many of the prompt's first tokens this slot's cells can serve (at most all but the
-        last, whose logits are needed)."""
-        if not self._can_reuse or not slot.cached:
+        last, whose logits are needed): none of cells computed under another adapter."""
+        if not self._can_reuse or not slot.cached or slot.lora != lora:
             return 0
         keep = min(_common_prefix(slot.cached, tokens), len(tokens) - 1)
         if keep <= 0:
@@ -558,14 +744,26 @@ class Scheduler:
                 continue
             self._start(request, free)
 
+    def _adapter(self, path: str) -> Any:
+        adapter = self._adapters.get(path)
+        if adapter is None:
+            adapter = llama_cpp.llama_adapter_lora_init(self._model, path.encode("utf-8"))
+            if not adapter:
+                raise SchedulerLoadError(f"llama.cpp could not load the LoRA adapter {path} for this model")
+            self._adapters[path] = adapter
+        return adapter
+
     def _start(self, request: _Request, free: list[_Slot]) -> None:
         try:
+            if request.lora is not None:
+                self._adapter(request.lora[0])
             chain = self._sampler_chain(request.params)
-        except InvalidRequest as exc:  # checked at submit: only a llama.cpp that changed its mind gets here
+        except (InvalidRequest, SchedulerLoadError) as exc:
+            # InvalidRequest is checked at submit: only a llama.cpp that changed its mind gets here
             request.future.set_exception(exc)
             return
         tokens = request.tokens
-        usable = {s.id: self._usable_prefix(s, tokens) for s in self._slots}
+        usable = {s.id: self._usable_prefix(s, tokens, request.lora) for s in self._slots}
         # the free slot whose cache serves most of the prompt; else an empty one, else the least recently used
         slot = max(free, key=lambda s: (usable[s.id], not s.cached, -s.last_used))
         keep = usable[slot.id]
@@ -588,6 +786,7 @@ class Scheduler:
                 llama_cpp.llama_memory_seq_rm(self._mem, slot.id, -1, -1)  # cannot cut: start afresh
                 keep = 0
             slot.cached = slot.cached[:keep]
+        slot.lora = request.lora  # what its cells will be computed under from here on
         self._reserved += request.need
         # idle caches give way to the reservation, least recently used first
         idle = sorted(
@@ -649,9 +848,11 @@ class Scheduler:
         """One llama_decode for every active sequence, then one sample each where a token is due."""
         batch = self._batch
         assert batch is not None
-        in_batch = self._fill_batch(batch)
+        lora = self._turn()
+        in_batch = self._fill_batch(batch, lora)
         if not in_batch:
             return
+        self._apply(lora)
         rc = llama_cpp.llama_decode(self._ctx, batch)
         self._counters["steps"] += 1
         if rc != 0:
@@ -679,9 +880,35 @@ class Scheduler:
             if reason is not None:
                 self._finish(seq, reason)
 
-    def _fill_batch(self, batch: llama_cpp.llama_batch) -> list[_Sequence]:
+    def _turn(self) -> LoraSet:
+        """The adapter set this step decodes: with one set running (the usual case), that one; with
+        several, in the order of their oldest sequences, the one after the set decoded last step, so
+        that each gets every n-th step."""
+        sets = list(dict.fromkeys(seq.request.lora for seq in self._active))
+        if len(sets) == 1:
+            chosen = sets[0]
+        elif self._last_set in sets:
+            chosen = sets[(sets.index(self._last_set) + 1) % len(sets)]
+        else:
+            chosen = sets[0]
+        self._last_set = chosen
+        return chosen
+
+    def _apply(self, lora: LoraSet) -> None:
+        """Set the generation context's adapters to `lora` (llama.cpp applies them per context)."""
+        if lora == self._applied:
+            return
+        if lora is None:
+            llama_cpp.llama_set_adapters_lora(self._ctx, None, 0, None)
+        else:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapters[lora[0]])
+            scales = (ctypes.c_float * 1)(lora[1])
+            llama_cpp.llama_set_adapters_lora(self._ctx, adapters, 1, scales)
+        self._applied = lora
+
+    def _fill_batch(self, batch: llama_cpp.llama_batch, lora: LoraSet = None) -> list[_Sequence]:
         """First every decoding sequence's next token, then prompt chunks in admission order in the
-        room left (logits only on a prompt's last token)."""
+        room left (logits only on a prompt's last token); only sequences under the adapter set `lora`."""
         # ctypes pointers into the batch; typeshed's view of them is narrower than what ctypes accepts
         token: Any = batch.token
         pos: Any = batch.pos
@@ -706,11 +933,11 @@ class Scheduler:
         for seq in self._active:
             seq.batch_tokens = []
             seq.logits_index = -1
-            if seq.next_token is not None:
+            if seq.next_token is not None and seq.request.lora == lora:
                 put(seq, seq.next_token, True)
                 in_batch.append(seq)
         for seq in self._active:
-            if seq.next_token is None and seq.pending and n < self._batch_size:
+            if seq.next_token is None and seq.pending and n < self._batch_size and seq.request.lora == lora:
                 take = min(len(seq.pending), self._batch_size - n)
                 for i in range(take):
                     put(seq, seq.pending[i], i == len(seq.pending) - 1)

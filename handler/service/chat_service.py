@@ -19,13 +19,14 @@ from handler.cache.keys import cache_key
 from handler.cache.policy import CachePolicy
 from handler.cache.response_cache import ResponseCache
 from handler.core.config import Settings
-from handler.core.errors import BadRequest, Busy
+from handler.core.errors import BadRequest, Busy, NotFound
 from handler.core.types import (
     INCOMPLETE,
     CacheSource,
     ChatPrompt,
     Completion,
     FinishReason,
+    Lora,
     ModelInput,
     Prompt,
     SamplingParams,
@@ -52,6 +53,8 @@ class Keyed:
     identity: str
     prompt: ModelInput
     params: SamplingParams
+    lora: Lora | None = None
+    adapter_identity: str | None = None
 
 
 class ChatService:
@@ -93,10 +96,38 @@ class ChatService:
         known = self.model.known_identity()
         return known if known is not None else await run_in_threadpool(self.model.current_identity)
 
-    async def _keyed(self, prompt: Prompt, params: SamplingParams) -> Keyed:
+    def models(self) -> list[str]:
+        """The model ids this service answers to: the model, then one per LoRA adapter."""
+        return [self.settings.served_model, *(self.settings.adapter_id(name) for name in self.settings.lora_adapters)]
+
+    def lora_for(self, model: str | None, scale: float | None = None) -> Lora | None:
+        """The adapter a model id names (None: the model alone). Raises NotFound for an id not served."""
+        if model is None or model == self.settings.served_model:
+            if scale is not None:
+                raise BadRequest(
+                    f"lora_scale applies to a LoRA adapter; `{self.settings.served_model}` is the model alone.",
+                    param="lora_scale",
+                )
+            return None
+        for name in self.settings.lora_adapters:
+            if model == self.settings.adapter_id(name):
+                return Lora(name, 1.0 if scale is None else scale)
+        raise NotFound(
+            f"The model `{model}` is not served here; this service serves "
+            + ", ".join(f"`{m}`" for m in self.models())
+            + " (GET /v1/models).",
+            param="model",
+        )
+
+    async def _adapter_identity(self, lora: Lora) -> str:
+        known = self.model.known_adapter_identity(lora.name)
+        return known if known is not None else await run_in_threadpool(self.model.adapter_identity, lora.name)
+
+    async def _keyed(self, prompt: Prompt, params: SamplingParams, lora: Lora | None = None) -> Keyed:
         """The key is made of what the model will see: chat messages are formatted first, with the
         template of the model the identity names (read from its file's header, once per model)."""
         identity = await self._identity()
+        adapter = await self._adapter_identity(lora) if lora is not None else None
         if isinstance(prompt, ChatPrompt):
             known = self.model.known_chat_input(prompt, identity)
             if known is None:
@@ -104,12 +135,22 @@ class ChatService:
             model_input = known
         else:
             model_input = prompt
-        return Keyed(self._key(model_input, params, identity), identity, model_input, params)
+        key = self._key(model_input, params, identity, lora, adapter)
+        return Keyed(key, identity, model_input, params, lora, adapter)
 
-    def _key(self, model_input: ModelInput, params: SamplingParams, identity: str) -> str:
-        """The same input is the same answer, whichever route sent it."""
+    def _key(
+        self,
+        model_input: ModelInput,
+        params: SamplingParams,
+        identity: str,
+        lora: Lora | None = None,
+        adapter: str | None = None,
+    ) -> str:
+        """The same input is the same answer, whichever route sent it; under an adapter, only under the
+        same adapter file at the same scale."""
         params = dataclasses.replace(params, stop=model_input.stops_with(params.stop))
-        return cache_key(identity, model_input.key_material(), params, self.settings.n_ctx)
+        adapted = None if lora is None or adapter is None else (adapter, lora.scale)
+        return cache_key(identity, model_input.key_material(), params, self.settings.n_ctx, adapted)
 
     async def _cached(self, key: str, policy: CachePolicy) -> Answer | None:
         """The cached answer, or None, counted as a miss."""
@@ -129,21 +170,29 @@ class ChatService:
         It is stored under the model that generated it, which is not the one the key was made for when
         the model file was replaced meanwhile."""
         if policy.store and complete(completion, key.params):
-            made_by = completion.model_identity
-            store_key = key.key if made_by in (None, key.identity) else self._key(key.prompt, key.params, made_by)
+            made_by = completion.model_identity or key.identity
+            adapter = completion.adapter_identity or key.adapter_identity
+            same = made_by == key.identity and adapter == key.adapter_identity
+            store_key = key.key if same else self._key(key.prompt, key.params, made_by, key.lora, adapter)
             self.cache.put(store_key, completion)
 
     async def answer(
-        self, prompt: Prompt, params: SamplingParams, policy: CachePolicy, deadline: float | None = None
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        policy: CachePolicy,
+        deadline: float | None = None,
+        lora: Lora | None = None,
     ) -> Answer:
-        """`prompt` is the model's full input, or chat messages to format with the model's template."""
-        keyed = await self._keyed(prompt, params)
+        """`prompt` is the model's full input, or chat messages to format with the model's template;
+        `lora`, the adapter to answer with."""
+        keyed = await self._keyed(prompt, params, lora)
         cached = await self._cached(keyed.key, policy)
         if cached is not None:
             return cached
 
         def generate() -> Completion:
-            completion = self.model.complete(keyed.prompt, params, deadline)
+            completion = self.model.complete(keyed.prompt, params, deadline, lora=lora)
             self._store(keyed, completion, policy)
             return completion
 
@@ -154,12 +203,17 @@ class ChatService:
         return Answer(completion, CacheSource.MISS, shared=not leader)
 
     async def stream(
-        self, prompt: Prompt, params: SamplingParams, policy: CachePolicy, deadline: float | None = None
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        policy: CachePolicy,
+        deadline: float | None = None,
+        lora: Lora | None = None,
     ) -> AnswerStream:
         """As `answer`, piece by piece. A hit is one piece. A miss runs its own generation (streams do not
         join each other) and counts against `max_pending_generations`; it returns once the first piece
         is out, so a fault before it (no model, context overflow, busy) is still a plain HTTP error."""
-        keyed = await self._keyed(prompt, params)
+        keyed = await self._keyed(prompt, params, lora)
         cached = await self._cached(keyed.key, policy)
         if cached is not None:
             return AnswerStream.of(cached)
@@ -172,7 +226,7 @@ class ChatService:
         def generate() -> None:
             try:
                 completion = self.model.complete(
-                    keyed.prompt, params, deadline, cancelled=stream.cancelled, on_text=stream.put_text
+                    keyed.prompt, params, deadline, cancelled=stream.cancelled, on_text=stream.put_text, lora=lora
                 )
                 self._store(keyed, completion, policy)
                 stream.finish(completion)
