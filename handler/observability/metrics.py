@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from handler.service.chat_service import ChatService
 
 NAMESPACE = "LLMChatService"
-ANSWER_ROUTES = ("/chat", "/v1/completions", "/v1/chat/completions")
+ANSWER_ROUTES = ("/chat", "/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 
 # (log field, EMF metric name, unit)
 EMF_METRICS = [
