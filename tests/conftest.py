@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -123,9 +124,26 @@ def live_server() -> Iterator[Callable[[FastAPI], LiveServer]]:
 
 
 @pytest.fixture
-def http(app: FastAPI, live_server: Callable[[FastAPI], LiveServer]) -> Iterator[httpx.Client]:
-    """An HTTP client talking to `app` through a real uvicorn server."""
-    with httpx.Client(base_url=live_server(app).url, timeout=30) as client:
+def server(app: FastAPI) -> Iterator[LiveServer]:
+    """`app` behind a real uvicorn server."""
+    with LiveServer(app) as live:
+        yield live
+
+
+def client_for(server: LiveServer) -> openai.OpenAI:
+    """The official OpenAI client, talking to the server's /v1 API."""
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def client(server: LiveServer) -> openai.OpenAI:
+    return client_for(server)
+
+
+@pytest.fixture
+def http(server: LiveServer) -> Iterator[httpx.Client]:
+    """An HTTP client talking to the same server as `client`."""
+    with httpx.Client(base_url=server.url, timeout=60) as client:
         yield client
 
 

@@ -6,7 +6,6 @@ Vectors are compared with llama-cpp-python's own `Llama.embed` on the same file,
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,38 +14,16 @@ import httpx
 import llama_cpp
 import openai
 import pytest
-from fastapi import FastAPI
 
 from handler.app import create_app
 from handler.cache.entry import SCHEMA_VERSION, Entry, decode, encode
 from handler.cache.keys import cache_key, embedding_key
 from handler.core.config import Settings
 from handler.core.types import Completion, Embedding, FinishReason
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, client_for
 from tests.tiny_gguf import write_tiny_gguf
 
 TEXTS = ["Hello world", "x", "Ünïcødé ✓ 日本語", "<s> is text here"]
-
-
-def client_for(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=60)
-
-
-@pytest.fixture
-def server(app: FastAPI) -> Iterator[LiveServer]:
-    with LiveServer(app) as live:
-        yield live
-
-
-@pytest.fixture
-def client(server: LiveServer) -> openai.OpenAI:
-    return client_for(server)
-
-
-@pytest.fixture
-def http(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
 
 
 def llama_embed(model: Path | str, text: str, *, normalize: bool = False, **kwargs: Any) -> list[float]:

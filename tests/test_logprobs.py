@@ -8,36 +8,17 @@ token strings, add up to the answer.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from fastapi import FastAPI
 
 from handler.app import create_app
 from handler.core.config import Settings
 from tests.conftest import LiveServer
 
 A = 0x61 + 4  # the tiny vocabulary's token for "a" (4 control tokens, then the 256 bytes)
-
-
-@pytest.fixture
-def server(app: FastAPI) -> Iterator[LiveServer]:
-    with LiveServer(app) as live:
-        yield live
-
-
-@pytest.fixture
-def client(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=60)
-
-
-@pytest.fixture
-def http(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
 
 
 def chat(client: openai.OpenAI, **extra: Any) -> Any:

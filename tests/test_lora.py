@@ -136,11 +136,6 @@ def server(lora_settings: Settings) -> Iterator[LiveServer]:
         yield live
 
 
-@pytest.fixture
-def client(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=60)
-
-
 def test_the_adapter_is_listed_as_a_model(client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list()] == ["tiny", "tiny:pirate"]
     assert client.models.retrieve("tiny:pirate").id == "tiny:pirate"

@@ -20,28 +20,22 @@ from handler.core.config import Settings
 from handler.core.types import ChatMessage
 from handler.engine.model import ModelHolder, load_engine
 from handler.service.prompts import chat_prompt, compose
-from tests.conftest import FakeLambdaContext, LiveServer, PacedEngine, lambda_body, lambda_event, lines, same_generation
+from tests.conftest import (
+    FakeLambdaContext,
+    LiveServer,
+    PacedEngine,
+    client_for,
+    lambda_body,
+    lambda_event,
+    lines,
+    same_generation,
+)
 from tests.tiny_gguf import write_tiny_gguf
 
 TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-
-
-def client_for(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=30)
-
-
-@pytest.fixture
-def server(app: FastAPI) -> Iterator[LiveServer]:
-    with LiveServer(app) as live:
-        yield live
-
-
-@pytest.fixture
-def client(server: LiveServer) -> openai.OpenAI:
-    return client_for(server)
 
 
 def reference(settings: Settings, **call: Any) -> dict[str, Any]:

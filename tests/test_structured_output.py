@@ -9,17 +9,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from fastapi import FastAPI
 
 from handler.core.config import Settings
-from tests.conftest import LiveServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,23 +78,6 @@ def _check(value: Any, schema: dict[str, Any]) -> None:
         assert isinstance(value, int) and not isinstance(value, bool)
     elif kind == "boolean":
         assert isinstance(value, bool)
-
-
-@pytest.fixture
-def server(app: FastAPI) -> Iterator[LiveServer]:
-    with LiveServer(app) as live:
-        yield live
-
-
-@pytest.fixture
-def client(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=60)
-
-
-@pytest.fixture
-def http(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
 
 
 def test_json_schema_answers_validate_on_both_routes(client: openai.OpenAI) -> None:
