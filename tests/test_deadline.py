@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import httpx
+import pytest
 from mangum import Mangum
 
 from handler.app import create_app
@@ -46,3 +50,25 @@ def test_a_function_invocation_stops_within_its_remaining_time(settings: Setting
     assert response["headers"]["x-finish-reason"] == "time_limit"
     roomy = handler(lambda_event("function-url", {"prompt": "short", "max_tokens": 3}), FakeLambdaContext())
     assert roomy["headers"]["x-finish-reason"] in {"stop", "length"}
+
+
+def test_behind_the_web_adapter_the_invocations_deadline_and_request_id_apply(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adapter forwards Lambda's context as the x-amzn-lambda-context header; only inside Lambda is it
+    believed (elsewhere any client could send it)."""
+    app = slow_app(settings, generation_timeout_seconds=None)
+    body = {"prompt": "a long story", "max_tokens": 200}
+
+    def forwarded() -> dict[str, str]:
+        context = {"request_id": "8476a536-e9f4-11e8-9739-2dfe598c3fcd", "deadline": time.time() * 1000 + 2300}
+        return {"x-amzn-lambda-context": json.dumps(context)}
+
+    with LiveServer(app) as server:
+        outside = httpx.post(f"{server.url}/chat", json=body, headers=forwarded(), timeout=60)
+        monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "chat")
+        inside = httpx.post(f"{server.url}/chat", json={**body, "cache": "off"}, headers=forwarded(), timeout=60)
+    assert outside.headers["x-finish-reason"] == "length"
+    assert outside.headers["x-request-id"] != "8476a536-e9f4-11e8-9739-2dfe598c3fcd"
+    assert inside.headers["x-finish-reason"] == "time_limit"
+    assert inside.headers["x-request-id"] == "8476a536-e9f4-11e8-9739-2dfe598c3fcd"

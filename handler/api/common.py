@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import Request
 
 from handler.core.types import CacheSource, Completion
 
 
 def remaining_ms(request: Request) -> int | None:
-    """The Lambda invocation's remaining time, under Mangum; None under uvicorn."""
+    """The Lambda invocation's remaining time: from its context under Mangum, from the deadline the
+    Web Adapter forwards behind it; None elsewhere."""
     context = request.scope.get("aws.context")
     remaining = getattr(context, "get_remaining_time_in_millis", None)
-    return int(remaining()) if callable(remaining) else None
+    if callable(remaining):
+        return int(remaining())
+    deadline = getattr(request.state, "invocation_deadline_ms", None)
+    return None if deadline is None else max(0, int(deadline - time.time() * 1000))
 
 
 def log_answer(

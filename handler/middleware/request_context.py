@@ -1,12 +1,17 @@
 """Request id and the one access-log line per request, as a pure ASGI middleware.
 
-The id is the Lambda invocation's own request id under Mangum (so logs and the platform
-agree), the caller's `X-Request-Id` when it is a sane token, or a fresh one.
+The id is the Lambda invocation's own request id (so logs and the platform agree): under
+Mangum from the invocation's context, behind the Lambda Web Adapter from the context it forwards
+in the `x-amzn-lambda-context` header (read only inside Lambda, where nothing else reaches the
+server), along with the invocation's deadline; else the caller's `X-Request-Id` when it is a sane
+token, or a fresh one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -22,9 +27,23 @@ log = logging.getLogger("handler.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def _request_id(scope: Scope) -> str:
+def adapter_context(scope: Scope) -> dict[str, Any]:
+    """The invocation context the Lambda Web Adapter forwards; empty outside Lambda or without it."""
+    if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        return {}
+    for name, value in scope.get("headers", ()):
+        if name == b"x-amzn-lambda-context":
+            try:
+                context = json.loads(value)
+            except ValueError:
+                return {}
+            return context if isinstance(context, dict) else {}
+    return {}
+
+
+def _request_id(scope: Scope, forwarded: dict[str, Any]) -> str:
     context = scope.get("aws.context")
-    aws_id = getattr(context, "aws_request_id", None)
+    aws_id = getattr(context, "aws_request_id", None) or forwarded.get("request_id")
     if isinstance(aws_id, str) and _SAFE_ID.match(aws_id):
         return aws_id
     for name, value in scope.get("headers", ()):
@@ -45,9 +64,13 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _request_id(scope)
+        forwarded = adapter_context(scope)
+        request_id = _request_id(scope, forwarded)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
+        deadline = forwarded.get("deadline")
+        if isinstance(deadline, int | float) and not isinstance(deadline, bool):
+            state["invocation_deadline_ms"] = float(deadline)  # epoch milliseconds
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
