@@ -64,19 +64,13 @@ from handler.engine.contract import (
     SchedulerLoadError,
     SchedulerStats,
 )
+from handler.engine.embedding import EmbeddingContext, pooling_for
+from handler.engine.sampling import build_chain, check_sampling, log_softmax_top
 from handler.engine.threads import usable_cores
 
 log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
-PENALTY_LAST_N = 64  # llama-cpp-python's `last_n_tokens_size` default, the penalties' window in its chain
-SEED_MASK = 0xFFFFFFFF  # llama_sampler_init_dist takes a uint32_t; ctypes wraps Python ints the same way
-GRAMMAR_ROOT = b"root"
-POOLING = {
-    "mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-    "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
-    "last": llama_cpp.LLAMA_POOLING_TYPE_LAST,
-}
 
 
 @functools.cache
@@ -206,8 +200,7 @@ class Scheduler:
         self._applied: LoraSet = None  # what the generation context has set now
         self._last_set: LoraSet = None  # the set the last step decoded, for the turn of the next
         self._embeds: deque[_EmbedRequest] = deque()
-        self._embed_ctx: Any = None  # created on the first embedding request
-        self._embed_batch: llama_cpp.llama_batch | None = None
+        self._embedding: EmbeddingContext | None = None  # created on the first embedding request
         self._embed_size = max(1, min(settings.n_batch, settings.n_ctx))  # tokens of one input, one decode
         self._n_embd = 0
         self._counters = {
@@ -334,12 +327,9 @@ class Scheduler:
         for seq in self._active:
             llama_cpp.llama_sampler_free(seq.chain)
         self._active = []
-        if self._embed_batch is not None:
-            llama_cpp.llama_batch_free(self._embed_batch)
-            self._embed_batch = None
-        if self._embed_ctx:
-            llama_cpp.llama_free(self._embed_ctx)
-            self._embed_ctx = None
+        if self._embedding is not None:
+            self._embedding.free()
+            self._embedding = None
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -537,7 +527,8 @@ class Scheduler:
                 f"{len(tokens)} prompt tokens + max_tokens {params.max_tokens} exceed "
                 f"the context of {self._pool} tokens"
             )
-        self._check_sampling(params)
+        with self._vocab_lock:
+            check_sampling(params, self._live_vocab(), self._n_vocab)
         future: Future[Generated] = Future()
         request = _Request(
             list(tokens),
@@ -574,26 +565,6 @@ class Scheduler:
             self._cond.notify()
         return future
 
-    def _check_sampling(self, params: SamplingParams) -> None:
-        """What only the model can tell: token ids in its vocabulary, a grammar llama.cpp parses (a parse
-        here on the caller's thread, so that the scheduler thread never meets a bad one)."""
-        for token, _ in params.logit_bias or ():
-            if not 0 <= token < self._n_vocab:
-                raise InvalidRequest(
-                    f"logit_bias names token {token}, outside the model's vocabulary (ids 0 to {self._n_vocab - 1}).",
-                    "logit_bias",
-                )
-        if params.grammar is not None:
-            with self._vocab_lock:
-                sampler = llama_cpp.llama_sampler_init_grammar(
-                    self._live_vocab(), params.grammar.encode("utf-8"), GRAMMAR_ROOT
-                )
-            if not sampler:
-                raise InvalidRequest(
-                    "llama.cpp could not parse the grammar made from response_format.", "response_format"
-                )
-            llama_cpp.llama_sampler_free(sampler)
-
     # ---- the scheduler thread -----------------------------------------------------------------
 
     def _step(self) -> None:
@@ -611,89 +582,32 @@ class Scheduler:
 
     # ---- embeddings (the scheduler thread) --------------------------------------------------------
 
-    def _embedding_pooling(self) -> int:
-        """The configured pooling; for `model`, the one the file declares, mean where it declares none
-        (or none, or rank: neither gives one vector per input)."""
-        choice = self.settings.embedding_pooling
-        if choice in POOLING:
-            return POOLING[choice]
-        architecture = self._metadata.get("general.architecture", "")
-        try:
-            declared = int(self._metadata.get(f"{architecture}.pooling_type", ""))
-        except ValueError:
-            declared = -1
-        return declared if declared in POOLING.values() else llama_cpp.LLAMA_POOLING_TYPE_MEAN
-
-    def _embedding_context(self) -> Any:
+    def _embedder(self) -> EmbeddingContext:
         """Created once, on the first embedding request: a service that never embeds pays nothing."""
-        if self._embed_ctx:
-            return self._embed_ctx
-        s = self.settings
-        threads = s.n_threads if s.n_threads > 0 else usable_cores()
-        params = llama_cpp.llama_context_default_params()
-        # One input per decode, in one micro-batch: pooling reads the whole sequence at once.
-        params.n_ctx = self._embed_size
-        params.n_batch = self._embed_size
-        params.n_ubatch = self._embed_size
-        params.n_seq_max = 1
-        params.n_threads = threads
-        params.n_threads_batch = threads
-        params.embeddings = True
-        params.pooling_type = self._embedding_pooling()
-        params.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if s.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
-        ctx = llama_cpp.llama_init_from_model(self._model, params)
-        if not ctx:
-            raise DecodeError(f"llama.cpp could not create an embedding context of {self._embed_size} tokens")
-        self._embed_ctx = ctx
-        self._embed_batch = llama_cpp.llama_batch_init(self._embed_size, 0, 1)
-        return ctx
+        if self._embedding is None:
+            s = self.settings
+            self._embedding = EmbeddingContext(
+                self._model,
+                self._embed_size,
+                s.n_threads if s.n_threads > 0 else usable_cores(),
+                pooling_for(s.embedding_pooling, self._metadata),
+                s.flash_attn,
+                self._n_embd,
+                s.embedding_normalize,
+            )
+        return self._embedding
 
     def _embed_next(self) -> None:
         request = self._embeds.popleft()
         if not request.future.set_running_or_notify_cancel():
             return
         try:
-            vector = self._embed(request.tokens)
+            vector = self._embedder().embed(request.tokens)
         except DecodeError as exc:
             request.future.set_exception(exc)
             return
         self._counters["embeddings"] += 1
         request.future.set_result(vector)
-
-    def _embed(self, tokens: list[int]) -> tuple[float, ...]:
-        """As llama-cpp-python's `Llama.embed` decodes one text: a cleared cache, every token an output."""
-        ctx = self._embedding_context()
-        batch = self._embed_batch
-        assert batch is not None
-        token: Any = batch.token
-        pos: Any = batch.pos
-        n_seq_id: Any = batch.n_seq_id
-        seq_id: Any = batch.seq_id
-        logits: Any = batch.logits
-        for i, tok in enumerate(tokens):
-            token[i] = tok
-            pos[i] = i
-            n_seq_id[i] = 1
-            seq_id[i][0] = 0
-            logits[i] = True
-        batch.n_tokens = len(tokens)
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-        rc = llama_cpp.llama_decode(ctx, batch)
-        if rc != 0:
-            raise DecodeError(f"llama_decode returned {rc} for an embedding")
-        pointer = llama_cpp.llama_get_embeddings_seq(ctx, 0)
-        if not pointer:
-            raise DecodeError("llama.cpp gave no pooled embedding")
-        vector: list[float] = pointer[: self._n_embd]
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-        if self.settings.embedding_normalize:
-            # llama-cpp-python's normalize_embedding, to the bit
-            norm = float(np.linalg.norm(vector))
-            if norm != 0.0:
-                vector = [v / norm for v in vector]
-        return tuple(vector)
 
     @staticmethod
     def _interrupted(request: _Request, now: float) -> FinishReason | None:
@@ -757,7 +671,7 @@ class Scheduler:
         try:
             if request.lora is not None:
                 self._adapter(request.lora[0])
-            chain = self._sampler_chain(request.params)
+            chain = build_chain(request.params, self._vocab, self._n_vocab)
         except (InvalidRequest, SchedulerLoadError) as exc:
             # InvalidRequest is checked at submit: only a llama.cpp that changed its mind gets here
             request.future.set_exception(exc)
@@ -804,45 +718,6 @@ class Scheduler:
         slot.seq = seq
         self._active.append(seq)
         self._counters["prompt_tokens_reused"] += keep
-
-    def _sampler_chain(self, params: SamplingParams) -> Any:
-        """llama-cpp-python's `Llama._init_sampler` chain, in its order, for the same answers."""
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-
-        def add(sampler: Any) -> None:
-            llama_cpp.llama_sampler_chain_add(chain, sampler)
-
-        if params.logit_bias:
-            biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
-                *(llama_cpp.llama_logit_bias(token, bias) for token, bias in params.logit_bias)
-            )
-            add(llama_cpp.llama_sampler_init_logit_bias(self._n_vocab, len(params.logit_bias), biases))  # copies
-        add(
-            llama_cpp.llama_sampler_init_penalties(
-                self._n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
-            )
-        )
-        if params.grammar is not None:
-            grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, params.grammar.encode("utf-8"), GRAMMAR_ROOT)
-            if not grammar:
-                llama_cpp.llama_sampler_free(chain)
-                raise InvalidRequest(
-                    "llama.cpp could not parse the grammar made from response_format.", "response_format"
-                )
-            add(grammar)
-        seed = params.seed & SEED_MASK
-        if params.temperature < 0.0:
-            add(llama_cpp.llama_sampler_init_dist(seed))
-        elif params.temperature == 0.0:
-            add(llama_cpp.llama_sampler_init_greedy())
-        else:
-            add(llama_cpp.llama_sampler_init_top_k(params.top_k))
-            add(llama_cpp.llama_sampler_init_typical(1.0, 1))  # typical_p 1.0: a no-op, kept for parity
-            add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
-            add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
-            add(llama_cpp.llama_sampler_init_temp(params.temperature))
-            add(llama_cpp.llama_sampler_init_dist(seed))
-        return chain
 
     def _decode_step(self) -> None:
         """One llama_decode for every active sequence, then one sample each where a token is due."""
@@ -952,19 +827,10 @@ class Scheduler:
         return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
 
     def _logprob(self, token: int, piece: bytes, logits: npt.NDArray[np.float32], top: int) -> TokenLogprob:
-        """log-softmax of the raw logits: the sampled token's value and the `top` largest, most likely
-        first (ties: the lower id, as greedy sampling picks)."""
-        peak = float(logits.max())
-        log_total = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
-        alternatives: tuple[tuple[bytes, float], ...] = ()
-        if top > 0:
-            ids = np.sort(np.argpartition(-logits, top - 1)[:top]) if top < len(logits) else np.arange(len(logits))
-            ids = ids[np.argsort(-logits[ids], kind="stable")]
-            alternatives = tuple(
-                (piece if int(i) == token else self._piece(int(i), special=True), float(logits[i]) - log_total)
-                for i in ids
-            )
-        return TokenLogprob(piece, float(logits[token]) - log_total, alternatives)
+        """The sampled token's log-probability and the `top` most likely, with their pieces."""
+        value, alternatives = log_softmax_top(logits, token, top)
+        pieces = tuple((piece if i == token else self._piece(i, special=True), lp) for i, lp in alternatives)
+        return TokenLogprob(piece, value, pieces)
 
     def _accept(self, seq: _Sequence, token: int, logits: npt.NDArray[np.float32] | None = None) -> FinishReason | None:
         """One sampled token, with create_completion's order of checks (less its UTF-8 exemption)."""
