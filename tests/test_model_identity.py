@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,38 @@ def test_a_cold_hit_reads_a_sidecar_digest_not_the_model(settings: Settings, tmp
     sys.addaudithook(audit)
     assert Server(run).ask("warm")[0] == "HIT-DISK"
     assert reads == []
+
+
+def test_work_on_a_replaced_model_finishes_before_its_engine_is_freed(
+    settings: Settings, tmp_path: Path, models: dict[str, Path]
+) -> None:
+    """A reload retires the old engine only once its last caller has its answer: a generation running on it
+    and embeddings queued on it complete."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from handler.core.types import ModelInput
+    from handler.engine.model import ModelHolder, load_engine
+    from tests.conftest import PacedEngine
+
+    served = tmp_path / "model.gguf"
+    shutil.copyfile(models["A"], served)
+    run = settings.model_copy(update={"model_path": str(served)})
+    engines: list[PacedEngine] = []
+
+    def loader(s: Any) -> PacedEngine:
+        engines.append(PacedEngine(load_engine(s), per_token_s=0.01))
+        return engines[-1]
+
+    holder = ModelHolder(run, loader=loader)
+    params = run.sampling(60)
+    with ThreadPoolExecutor(2) as pool:
+        long = pool.submit(holder.complete, ModelInput.text("a long story"), params)
+        embeddings = pool.submit(holder.embed, [f"text {i}" for i in range(200)])
+        while not engines or engines[0].tokens == 0:  # the generation has started on the first engine
+            time.sleep(0.01)
+        replace_by_rename(served, models["B"])
+        holder.tokenize("reload", add_special=False, parse_special=True)  # loads B, retires A
+        assert len(engines) == 2
+        assert long.result().completion_tokens > 0
+        assert len(embeddings.result()) == 200
+    holder.close()

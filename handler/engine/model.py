@@ -16,7 +16,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Loader = Callable[[EngineSettings], Engine]
-RETIRE_POLL_S = 0.05
 # llama-cpp-python's converter lets a JSON string hold raw control characters, which JSON forbids (a parser
 # refuses them): its string character rule, and the one llama.cpp's own converter and JSON_GBNF use.
 LOOSE_STRING_CHAR = 'char ::= [^"\\\\] |'
@@ -81,6 +81,7 @@ class ModelHolder:
         self.source = source or model_source(settings)
         self._loader = loader
         self._lock = threading.Lock()  # loads and swaps
+        self._leases = _Leases()  # callers using each engine: a replaced one is freed after the last
         self._engine: Engine | None = None
         self._opened: OpenedModel | None = None
         self._templates: dict[str, ChatTemplate | None] = {}  # by model identity; None: it has none
@@ -120,8 +121,19 @@ class ModelHolder:
 
     # ---- loading -------------------------------------------------------------------------------
 
+    @contextmanager
+    def _use(self) -> Iterator[tuple[Engine, OpenedModel, float | None]]:
+        """The engine, held for the caller until it has its answer: a reload meanwhile retires the old
+        engine only once its last caller is done with it."""
+        engine, opened, loaded_now = self._ensure_loaded()
+        try:
+            yield engine, opened, loaded_now
+        finally:
+            self._leases.release(engine)
+
     def _ensure_loaded(self) -> tuple[Engine, OpenedModel, float | None]:
-        """The engine, the file it was loaded from, and the load time if this call loaded it.
+        """The engine (leased to the caller, who releases it), the file it was loaded from, and the load
+        time if this call loaded it.
 
         A model whose file has been replaced at its path (renamed over, rewritten) is a new model: it
         is loaded in place of the old one, which finishes what it is generating and is then freed, and
@@ -140,6 +152,7 @@ class ModelHolder:
                         extra={"model_path": self.settings.model_path, "error": exc.cause},
                     )
             assert self._engine is not None and self._opened is not None
+            self._leases.take(self._engine)
             return self._engine, self._opened, loaded_now
 
     def _load(self) -> float:
@@ -156,7 +169,7 @@ class ModelHolder:
         old_engine, old_opened = self._engine, self._opened
         self._engine, self._opened = engine, opened
         if old_engine is not None:
-            _retire(old_engine, old_opened)
+            self._leases.retire(old_engine, old_opened)
         self.load_seconds = time.perf_counter() - started
         log.info(
             "model loaded",
@@ -240,7 +253,24 @@ class ModelHolder:
         Raises ModelUnavailable, ContextOverflow or GenerationFailed.
         """
         adapter = self._adapter(lora.name) if lora is not None else None
-        engine, opened, load_seconds = self._ensure_loaded()
+        with self._use() as (engine, opened, load_seconds):
+            return self._complete(
+                engine, opened, load_seconds, model_input, params, deadline, cancelled, on_text, lora, adapter
+            )
+
+    def _complete(
+        self,
+        engine: Engine,
+        opened: OpenedModel,
+        load_seconds: float | None,
+        model_input: ModelInput,
+        params: SamplingParams,
+        deadline: float | None,
+        cancelled: threading.Event | None,
+        on_text: Callable[[str], None] | None,
+        lora: Lora | None,
+        adapter: OpenedModel | None,
+    ) -> Completion:
         tokens = tokenize(engine, model_input)
         if len(tokens) + params.max_tokens > engine.n_ctx:
             raise ContextOverflow(len(tokens), params.max_tokens, engine.n_ctx)
@@ -280,7 +310,10 @@ class ModelHolder:
 
         Raises ModelUnavailable, InputTooLong (the first input over the embedding context) or GenerationFailed.
         """
-        engine, opened, _ = self._ensure_loaded()
+        with self._use() as (engine, opened, _):
+            return self._embed(engine, opened, texts)
+
+    def _embed(self, engine: Engine, opened: OpenedModel, texts: list[str]) -> list[Embedding]:
         inputs = [engine.tokenize(text, add_bos=True, special=False) for text in texts]
         limit = engine.embedding_n_ctx
         for index, tokens in enumerate(inputs):
@@ -300,17 +333,17 @@ class ModelHolder:
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         """`text` as the loaded model tokenizes it (llama-server's /tokenize). Blocking: loads the model."""
-        engine, _, _ = self._ensure_loaded()
-        return engine.tokenize(text, add_bos=add_special, special=parse_special)
+        with self._use() as (engine, _, _):
+            return engine.tokenize(text, add_bos=add_special, special=parse_special)
 
     def token_pieces(self, tokens: list[int]) -> list[bytes]:
         """Each token's bytes, control tokens as their text. Blocking: loads the model.
         Raises BadRequest (param `tokens`) for an id outside the vocabulary."""
-        engine, _, _ = self._ensure_loaded()
-        try:
-            return [engine.token_piece(token) for token in tokens]
-        except InvalidRequest as exc:
-            raise BadRequest(str(exc), param=exc.param) from None
+        with self._use() as (engine, _, _):
+            try:
+                return [engine.token_piece(token) for token in tokens]
+            except InvalidRequest as exc:
+                raise BadRequest(str(exc), param=exc.param) from None
 
 
 def json_grammar(schema: dict[str, Any] | None) -> str:
@@ -369,17 +402,31 @@ def tokenize(engine: Engine, model_input: ModelInput) -> list[int]:
     return tokens + [token for s in model_input.segments for token in pieces(s.text, s.special)]
 
 
-def _retire(engine: Engine, opened: OpenedModel | None) -> None:
-    """A replaced model finishes what it is generating, then its engine and file are freed."""
+class _Leases:
+    """How many callers hold each engine. A replaced engine is closed, and its file released, on a thread
+    of its own once the last caller has its answer (its generations, streams and embeddings included)."""
 
-    def wait_then_close() -> None:
-        while True:
-            stats = engine.stats()
-            if stats.active == 0 and stats.waiting == 0:
-                break
-            time.sleep(RETIRE_POLL_S)
-        engine.close()
-        if opened is not None:
-            opened.release()
+    def __init__(self) -> None:
+        self._held: dict[int, int] = {}  # by id() of the engine
+        self._changed = threading.Condition()
 
-    threading.Thread(target=wait_then_close, name="retire-model", daemon=True).start()
+    def take(self, engine: Engine) -> None:
+        with self._changed:
+            self._held[id(engine)] = self._held.get(id(engine), 0) + 1
+
+    def release(self, engine: Engine) -> None:
+        with self._changed:
+            self._held[id(engine)] -= 1
+            if not self._held[id(engine)]:
+                del self._held[id(engine)]
+                self._changed.notify_all()
+
+    def retire(self, engine: Engine, opened: OpenedModel | None) -> None:
+        def wait_then_close() -> None:
+            with self._changed:
+                self._changed.wait_for(lambda: id(engine) not in self._held)
+            engine.close()
+            if opened is not None:
+                opened.release()
+
+        threading.Thread(target=wait_then_close, name="retire-model", daemon=True).start()
