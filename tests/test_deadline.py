@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -72,3 +74,85 @@ def test_behind_the_web_adapter_the_invocations_deadline_and_request_id_apply(
     assert outside.headers["x-request-id"] != "8476a536-e9f4-11e8-9739-2dfe598c3fcd"
     assert inside.headers["x-finish-reason"] == "time_limit"
     assert inside.headers["x-request-id"] == "8476a536-e9f4-11e8-9739-2dfe598c3fcd"
+
+
+def test_a_request_that_joins_a_generation_keeps_its_own_deadline(settings: Settings) -> None:
+    """Identical requests share one generation, but not its deadline: one with more time does not get the
+    answer the first one's deadline cut short, and one with less time answers by its own deadline."""
+    from handler.cache.policy import CachePolicy
+    from handler.core.types import ModelInput
+
+    app = slow_app(settings, generation_timeout_seconds=None)
+    service = app.state.chat
+    prompt, params = ModelInput.text("a long story"), service.sampling(60)
+
+    async def together(first: float | None, second: float | None) -> list[Any]:
+        now = time.monotonic()
+        leader = asyncio.create_task(service.answer(prompt, params, CachePolicy(store=False), first and now + first))
+        while service.flights.in_flight == 0:  # the second joins the first's generation
+            await asyncio.sleep(0.005)
+        follower = asyncio.create_task(
+            service.answer(prompt, params, CachePolicy(store=False), second and now + second)
+        )
+        return [await leader, await follower]
+
+    cut, whole = asyncio.run(together(0.3, None))
+    assert cut.completion.finish_reason == "time_limit"
+    assert whole.completion.finish_reason != "time_limit" and whole.completion.completion_tokens == 60
+
+    started = time.monotonic()
+    slow, hurried = asyncio.run(together(None, 0.3))
+    assert hurried.completion.finish_reason == "time_limit" and hurried.shared
+    assert slow.completion.completion_tokens == 60
+    assert time.monotonic() - started > 0.3
+
+
+def test_plain_requests_fill_every_parallel_sequence(settings: Settings) -> None:
+    """Not only streams: 8 distinct concurrent /chat requests decode together, 8 sequences at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Each request reserves its prompt (the template's ~60 byte tokens) and max_tokens: room for all 8.
+    app = slow_app(settings, generation_timeout_seconds=None, n_parallel=8, n_ctx=1024)
+    busiest = 0
+    with LiveServer(app) as server, ThreadPoolExecutor(8) as pool:
+        asks = [
+            pool.submit(httpx.post, f"{server.url}/chat", json={"prompt": f"story {i}", "max_tokens": 40}, timeout=60)
+            for i in range(8)
+        ]
+        while not all(a.done() for a in asks):
+            engine = app.state.model.engine
+            busiest = max(busiest, engine.stats().active if engine is not None else 0)
+            time.sleep(0.005)
+        assert all(a.result().status_code == 200 for a in asks)
+    assert busiest == 8
+
+
+def test_a_stream_given_up_before_its_first_piece_stops_its_generation(settings: Settings) -> None:
+    from handler.cache.policy import CachePolicy
+    from handler.core.types import ModelInput
+
+    made: list[PacedEngine] = []
+
+    def slow_loader(s: Any) -> PacedEngine:
+        time.sleep(0.5)  # the request is given up while the model loads
+        made.append(PacedEngine(load_engine(s)))
+        return made[-1]
+
+    app = create_app(settings, model=ModelHolder(settings, loader=slow_loader))
+    service = app.state.chat
+
+    async def give_up() -> None:
+        task = asyncio.create_task(
+            service.stream(ModelInput.text("a long story"), service.sampling(300), CachePolicy())
+        )
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        deadline = time.monotonic() + 10
+        while service.pending and time.monotonic() < deadline:  # the loop stays up for the stream's thread
+            await asyncio.sleep(0.01)
+
+    asyncio.run(give_up())
+    assert service.pending == 0  # the generation ended: nobody was left to read it
+    assert made and made[0].tokens < 10

@@ -7,6 +7,7 @@ so it is kept even when the caller has gone.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import dataclasses
 import threading
@@ -62,7 +63,9 @@ class ChatService:
         self.settings = settings
         self.model = model
         self.cache = cache
-        self.flights: SingleFlight[Completion] = SingleFlight()
+        # A worker waits on each distinct generation: as many as may be pending, so that all the engine's
+        # parallel sequences can be busy with plain requests, not only with streams.
+        self.flights: SingleFlight[Completion] = SingleFlight(workers=settings.max_pending_generations)
         self._streams = 0  # streamed generations queued or running
         self._streams_lock = threading.Lock()
 
@@ -196,10 +199,17 @@ class ChatService:
             self._store(keyed, completion, policy)
             return completion
 
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            completion, leader = await self.flights.run(keyed.key, generate, self._free_slots())
+            completion, leader = await self.flights.run(keyed.key, generate, self._free_slots(), wait)
         except Busy:
             raise Busy(self.pending) from None  # flights and streams both count
+        except TimeoutError:  # the generation it joined runs past this request's own deadline
+            return Answer(Completion("", FinishReason.TIME_LIMIT, 0, 0), CacheSource.MISS, shared=True)
+        if not leader and completion.finish_reason in INCOMPLETE:
+            # What it joined was cut short by the deadline of the request that started it: this one
+            # makes its own answer, within its own deadline.
+            return Answer(await run_in_threadpool(generate), CacheSource.MISS)
         return Answer(completion, CacheSource.MISS, shared=not leader)
 
     async def stream(
@@ -238,7 +248,11 @@ class ChatService:
 
         context = contextvars.copy_context()  # the request id follows into the thread's log lines
         threading.Thread(target=context.run, args=(generate,), name="stream", daemon=True).start()
-        await stream.first()
+        try:
+            await stream.first()
+        except asyncio.CancelledError:  # the request was given up before its first piece: so is the generation
+            stream.cancel()
+            raise
         return stream
 
     def close(self) -> None:

@@ -26,11 +26,14 @@ class SingleFlight(Generic[T]):
         self._lock = threading.RLock()  # a future done before add_done_callback calls back at once
         self._calls: dict[str, Future[T]] = {}
 
-    async def run(self, key: str, work: Callable[[], T], max_calls: int | None = None) -> tuple[T, bool]:
+    async def run(
+        self, key: str, work: Callable[[], T], max_calls: int | None = None, wait: float | None = None
+    ) -> tuple[T, bool]:
         """The result of `work` for `key`, and whether this call ran it (False: it joined another's).
 
         With `max_calls`, new work is refused (Busy) while that many distinct keys are queued or
-        running; joining work already in flight is always allowed, since it costs nothing.
+        running; joining work already in flight is always allowed, since it costs nothing. A call that
+        joins waits at most `wait` seconds (TimeoutError): the work it joined keeps its own deadline.
         """
         with self._lock:
             future = self._calls.get(key)
@@ -41,7 +44,10 @@ class SingleFlight(Generic[T]):
                 future = self._executor.submit(contextvars.copy_context().run, work)  # the request id follows
                 self._calls[key] = future
                 future.add_done_callback(lambda done: self._forget(key, done))
-        return await asyncio.shield(asyncio.wrap_future(future)), leader
+        result = asyncio.shield(asyncio.wrap_future(future))
+        if leader or wait is None:
+            return await result, leader
+        return await asyncio.wait_for(result, wait), leader
 
     def _forget(self, key: str, future: Future[T]) -> None:
         with self._lock:
