@@ -34,6 +34,7 @@ from handler.core.types import (
 )
 from handler.engine.model import ModelHolder
 from handler.service.answer_stream import Answer, AnswerStream
+from handler.service.model_identity import current_identity
 from handler.service.single_flight import SingleFlight
 
 RESPONSE_MARGIN_S = 2.0  # of a function's remaining time, kept to send the answer
@@ -94,11 +95,6 @@ class ChatService:
             limits.append(max(0.0, remaining_ms / 1000 - RESPONSE_MARGIN_S))
         return time.monotonic() + min(limits) if limits else None
 
-    async def _identity(self) -> str:
-        """The model at the source now: a stat when nothing changed, else read off the thread."""
-        known = self.model.known_identity()
-        return known if known is not None else await run_in_threadpool(self.model.current_identity)
-
     def models(self) -> list[str]:
         """The model ids this service answers to: the model, then one per LoRA adapter."""
         return [self.settings.served_model, *(self.settings.adapter_id(name) for name in self.settings.lora_adapters)]
@@ -129,7 +125,7 @@ class ChatService:
     async def _keyed(self, prompt: Prompt, params: SamplingParams, lora: Lora | None = None) -> Keyed:
         """The key is made of what the model will see: chat messages are formatted first, with the
         template of the model the identity names (read from its file's header, once per model)."""
-        identity = await self._identity()
+        identity = await current_identity(self.model)
         adapter = await self._adapter_identity(lora) if lora is not None else None
         if isinstance(prompt, ChatPrompt):
             known = self.model.known_chat_input(prompt, identity)

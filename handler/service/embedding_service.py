@@ -19,6 +19,7 @@ from handler.core.config import Settings
 from handler.core.errors import BadRequest
 from handler.core.types import CacheSource, Embedding
 from handler.engine.model import ModelHolder
+from handler.service.model_identity import current_identity
 from handler.service.single_flight import SingleFlight
 
 # Slowest first: a list's X-Cache names the slowest tier any of its vectors came from.
@@ -65,8 +66,7 @@ class EmbeddingService:
         return embedding_key(identity, text, self.settings.embedding_pooling, self.settings.embedding_normalize)
 
     async def embed(self, inputs: list[str], policy: CachePolicy) -> Embedded:
-        known = self.model.known_identity()
-        identity = known if known is not None else await run_in_threadpool(self.model.current_identity)
+        identity = await current_identity(self.model)
         keys = [self._key(identity, text) for text in inputs]
         found: dict[str, tuple[Embedding, CacheSource]] = {}
         if policy.read:
