@@ -5,25 +5,40 @@ PYTHON ?= python3
 VENV   ?= .venv
 TOOLS  ?= .venv-tools
 PY     := $(VENV)/bin/python
-GEMMA_ENV := CHAT_MODEL_PATH=models/gemma-3-270m-q4_k_m.gguf CHAT_MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+SMOLLM2_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
+GEMMA_FILE   := models/gemma-3-270m-q4_k_m.gguf
+GEMMA_ENV := CHAT_MODEL_PATH=$(GEMMA_FILE) CHAT_MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 # The embedded model to serve: smollm2 (SmolLM2-135M-Instruct, the default) or gemma (Gemma 3 270M, a base model).
 MODEL  ?= smollm2
 ifeq ($(MODEL),gemma)
-MODEL_FILE := models/gemma-3-270m-q4_k_m.gguf
+MODEL_FILE := $(GEMMA_FILE)
 MODEL_ENV  := $(GEMMA_ENV)
 else
-MODEL_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL_FILE := $(SMOLLM2_FILE)
 MODEL_ENV  :=
 endif
+# llama.cpp is built here for this machine's CPU (-march=native) less AMX: its AMX matmul kernels crash on
+# the first decode of a quantized model (llama.cpp issue #20824). `make install LLAMA_CPU_FLAGS=` puts them back.
+LLAMA_CPP_PYTHON := 0.3.36
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CPU_FLAGS ?= -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+endif
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(LLAMA_CPU_FLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA_CPU_FLAGS)'
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install serve test test-quick lint bench bench-engine model llama-server clean
+.PHONY: install serve test test-quick lint bench bench-engine model llama-server clean FORCE
 
-$(VENV)/.installed: pyproject.toml
+# The llama.cpp build flags, in a file that changes only when they do: what rebuilds the venv and the peer.
+%/llama-cmake-args: FORCE
+	@mkdir -p $(@D)
+	@printf '%s\n' "$(LLAMA_CMAKE_ARGS)" | cmp -s - $@ || printf '%s\n' "$(LLAMA_CMAKE_ARGS)" >$@
+
+$(VENV)/.installed: pyproject.toml infra/build-llama-cpp-python.sh $(VENV)/llama-cmake-args
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e '.[gemma,test]'
+	infra/build-llama-cpp-python.sh $(PY) $(LLAMA_CPP_PYTHON) "$(LLAMA_CMAKE_ARGS)"
+	$(PY) -m pip install --quiet -e '.[gemma,test]'
 	touch $@
 
 # Deployment linters (sam validate --lint, hadolint, shellcheck) in a venv of their own: aws-sam-cli pins
@@ -40,8 +55,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-$(MODEL_FILE): $(VENV)/.installed
-	$(PY) -m handler.cli.assemble_model --model $(MODEL) $(MODEL_FILE)
+$(SMOLLM2_FILE): | $(VENV)/.installed
+	$(PY) -m handler.cli.assemble_model --model smollm2 $@
+
+$(GEMMA_FILE): | $(VENV)/.installed
+	$(PY) -m handler.cli.assemble_model --model gemma $@
 
 model: $(MODEL_FILE)
 
@@ -54,7 +72,8 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint $(TOOLS)/.installed
+# The suite runs both embedded models, quantized as users run them, besides its tiny random-weight one.
+test: lint $(TOOLS)/.installed $(SMOLLM2_FILE) $(GEMMA_FILE)
 	TOOLS_BIN=$(abspath $(TOOLS))/bin $(PY) -m pytest --cov --cov-report=term:skip-covered
 
 # The tests without the deployment linters (sam, hadolint) and without coverage: the quick loop.
@@ -68,17 +87,17 @@ bench: $(VENV)/.bench-installed
 	$(GEMMA_ENV) $(PY) bench/compare.py
 
 # llama.cpp's own server, the peer the engine benchmark compares against: built once from the
-# vendored llama.cpp of the same llama-cpp-python sdist the service runs (about 10 minutes on 2 cores).
-LLAMA_CPP_PYTHON := 0.3.36
+# vendored llama.cpp of the same llama-cpp-python sdist the service runs, with the same CPU flags
+# (about 15 minutes on 2 cores).
 PEER_DIR := .peer
 LLAMA_SERVER := $(PEER_DIR)/llama-server
 
-$(LLAMA_SERVER):
+$(LLAMA_SERVER): $(PEER_DIR)/llama-cmake-args
 	mkdir -p $(PEER_DIR)/src
 	$(PYTHON) -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(PEER_DIR)/src
 	tar -xzf $(PEER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(PEER_DIR)/src
 	cd $(PEER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp \
-		&& cmake -B build -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF -DCMAKE_BUILD_TYPE=Release \
+		&& cmake -B build -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF -DCMAKE_BUILD_TYPE=Release $(LLAMA_CMAKE_ARGS) \
 		&& cmake --build build --target llama-server llama-batched-bench -j$$(nproc)
 	cp $(PEER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/build/bin/llama-server \
 		$(PEER_DIR)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/build/bin/llama-batched-bench $(PEER_DIR)/

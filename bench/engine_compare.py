@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -237,6 +238,32 @@ def start_llama_server(model: Path, threads: int, n_parallel: int, n_batch: int,
         # Its prompt cache stays on, as the service's prefix reuse does.
     ]
     return launch(LLAMA, command, port, "/health", logs)  # /health is 503 until the model is loaded
+
+
+def cpu_features(system_info: str) -> frozenset[str]:
+    """The CPU features a llama.cpp build uses, from its system info ("CPU : SSE3 = 1 | AVX = 1 | ...")."""
+    cpu = system_info.partition("CPU :")[2].splitlines()[0] if "CPU :" in system_info else ""
+    return frozenset(re.findall(r"(\w+) = 1", cpu))
+
+
+def check_same_build(llama_server: Server) -> frozenset[str]:
+    """Refuses to compare against a llama-server built with other CPU flags than the service's llama.cpp
+    (`make llama-server` builds it with the Makefile's LLAMA_CMAKE_ARGS, as `make install` builds the
+    service's); returns the features they share."""
+    service = subprocess.run(
+        [sys.executable, "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    peer = next((line for line in llama_server.log.read_text(errors="replace").splitlines() if "CPU :" in line), "")
+    ours, theirs = cpu_features(service), cpu_features(peer)
+    if ours != theirs:
+        raise RuntimeError(
+            f"llama-server uses other CPU features than the service: only the service {sorted(ours - theirs)}, "
+            f"only llama-server {sorted(theirs - ours)}; rebuild it with `make llama-server`"
+        )
+    return ours
 
 
 def start_peer_python(model: Path, threads: int, n_batch: int, logs: Path) -> Server:
@@ -607,6 +634,8 @@ def main(argv: list[str] | None = None) -> None:
             kept(stack, start_service(SERVICE, PORTS[SERVICE], args.model, args.threads, width, True, logs)),
             kept(stack, start_llama_server(args.model, args.threads, width, n_batch, logs)),
         ]
+        features = check_same_build(servers[1])
+        print(f"service and llama-server both built with CPU features: {' '.join(sorted(features))}", flush=True)
         if not args.skip_peer_python:
             servers.append(kept(stack, start_peer_python(args.model, args.threads, n_batch, logs)))
         for server in servers:
