@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -35,6 +36,8 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     """Build the app without touching the model: it loads on the first request that needs it."""
     settings = settings or load_settings()
     configure_logging(settings.log_level)
+    for note in settings.notes:
+        logging.getLogger("handler.config").warning(note)
     app = FastAPI(
         lifespan=_lifespan,
         title="LLM chat service",

@@ -21,7 +21,7 @@ from handler.core.types import SamplingParams
 from handler.engine.model import ModelHolder, load_engine
 from handler.engine.model_identity import DigestMemo
 from handler.engine.model_source import LocalSource
-from handler.service.prompts import chat_input
+from handler.service.prompts import template_input
 from tests.conftest import LiveServer, WrappedEngine
 from tests.tiny_gguf import write_tiny_gguf
 
@@ -227,12 +227,7 @@ def test_corrupt_cache_database_is_moved_aside_and_answers_stay_right(
 def _key_for(app: FastAPI, prompt: str, max_tokens: int) -> str:
     service = app.state.chat
     identity = service.model.source.identity()
-    return cache_key(
-        identity,
-        chat_input(service.settings, prompt).key_material(),
-        service.sampling(max_tokens),
-        service.settings.n_ctx,
-    )
+    return service._key(template_input(service.settings, prompt), service.sampling(max_tokens), identity)
 
 
 @pytest.mark.parametrize(

@@ -97,3 +97,28 @@ def test_metrics_off_is_a_word_in_the_file_and_the_environment(tmp_path: Path) -
     path = write(tmp_path, "metrics: off\nmodel_sha256: null\n")
     assert load_settings(path, environ={}).metrics == "off"
     assert load_settings(path, environ={"CHAT_METRICS": "off"}).metrics == "off"
+
+
+def test_a_model_path_from_the_environment_leaves_the_files_pin_behind(tmp_path: Path) -> None:
+    """config.yaml's model_sha256 is the digest of its own model_path's file, not of another one."""
+    pin = "a" * 64
+    path = write(tmp_path, f"model_path: default.gguf\nmodel_sha256: {pin}\n")
+    other = load_settings(path, environ={"CHAT_MODEL_PATH": "/data/other.gguf"})
+    assert other.model_sha256 is None
+    assert len(other.notes) == 1 and "CHAT_MODEL_SHA256" in other.notes[0]
+    pinned = load_settings(path, environ={"CHAT_MODEL_PATH": "/data/other.gguf", "CHAT_MODEL_SHA256": "b" * 64})
+    assert pinned.model_sha256 == "b" * 64 and pinned.notes == ()
+    same = load_settings(path, environ={"CHAT_MODEL_PATH": "default.gguf"})
+    assert same.model_sha256 == pin and same.notes == ()
+    assert load_settings(path, environ={}).model_sha256 == pin
+
+
+def test_the_default_config_serves_another_gguf_from_the_environment(tiny_model: Path, tmp_path: Path) -> None:
+    """The README's `CHAT_MODEL_PATH=... make serve`: answered, not a 503 model_mismatch."""
+    from fastapi.testclient import TestClient
+
+    from handler.app import create_app
+
+    env = {"CHAT_MODEL_PATH": str(tiny_model), "CHAT_CACHE_DIR": str(tmp_path / "cache"), "CHAT_N_CTX": "512"}
+    client = TestClient(create_app(load_settings(DEFAULT_CONFIG, environ=env)))
+    assert client.post("/chat", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200

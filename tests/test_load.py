@@ -16,7 +16,7 @@ import httpx
 from handler.app import create_app
 from handler.core.config import Settings
 from handler.engine.model import ModelHolder, load_engine
-from handler.service.prompts import chat_input
+from handler.service.prompts import template_input
 from tests.conftest import LiveServer, WrappedEngine
 
 CLIENTS, REQUESTS_EACH, MAX_TOKENS = 64, 3, 8
@@ -42,7 +42,7 @@ def test_64_concurrent_clients_get_right_answers_or_429(settings: Settings) -> N
     app = create_app(settings, model=ModelHolder(settings, loader=lambda s: SteadyEngine(load_engine(s))))
     app_params = app.state.chat.sampling(MAX_TOKENS)
     expected = {
-        p: reference_model.complete(chat_input(settings, p), app_params).text.strip()
+        p: reference_model.complete(template_input(settings, p), app_params).text.strip()
         for p in {p for row in plan for p in row}
     }
 

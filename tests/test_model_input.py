@@ -91,3 +91,34 @@ def test_raw_completions_parse_control_tokens_as_configured(settings: Settings, 
     client = TestClient(create_app(settings.model_copy(update={"completion_parse_special": parse})))
     answer = client.post("/v1/completions", json={"model": "tiny", "prompt": CONTROL, "max_tokens": 4})
     assert answer.json()["usage"]["prompt_tokens"] == len(tokens(vocab, CONTROL, special=parse))
+
+
+TEMPLATE = "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}<|assistant|>"
+
+
+def test_slash_chat_goes_through_the_models_template_as_a_system_and_a_user_message(
+    settings: Settings, tmp_path: Path, vocab: Llama
+) -> None:
+    model = write_tiny_gguf(tmp_path / "templated.gguf", chat_template=TEMPLATE)
+    client = TestClient(create_app(settings.model_copy(update={"model_path": str(model)})))
+    first = client.post("/chat", json={"prompt": "Hi", "max_tokens": 4})
+    assert first.status_code == 200 and first.headers["x-cache"] == "MISS"
+    messages = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": "Hi"}]
+    body = {"model": "templated", "max_tokens": 4, "messages": messages}
+    same = client.post("/v1/chat/completions", json=body)
+    assert same.headers["x-cache"] == "HIT-MEMORY"  # the same text to the model: the same answer
+    rendered = f"<s><|system|>{settings.system_prompt}\n<|user|>Hi\n<|assistant|>"
+    assert same.json()["usage"]["prompt_tokens"] == len(tokens(vocab, rendered, special=True, bos=False))
+
+
+def test_prompt_format_prompt_template_gives_any_model_the_seeds_text(
+    settings: Settings, tmp_path: Path, vocab: Llama
+) -> None:
+    model = write_tiny_gguf(tmp_path / "templated.gguf", chat_template=TEMPLATE)
+    update = {"model_path": str(model), "prompt_format": "prompt_template"}
+    client = TestClient(create_app(settings.model_copy(update=update)))
+    answer = chat(client, "Hi", model="templated")
+    seed = "System: Answer in rhymes!\n\nHuman: Hi\n\nAssistant:"
+    assert compose(settings, "Hi") == seed
+    assert answer.json()["usage"]["prompt_tokens"] == len(tokens(vocab, seed, special=False))
+    assert client.post("/chat", json={"prompt": "Hi", "max_tokens": 4}).headers["x-cache"] == "HIT-MEMORY"

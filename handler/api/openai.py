@@ -38,7 +38,7 @@ from handler.api.openai_schemas import (
 from handler.api.schemas import ErrorResponse
 from handler.api.sse import ChunkBuilder, events, sse_response
 from handler.cache.policy import cache_policy
-from handler.core.types import ChatMessage, Completion, FinishReason, Lora, Prompt, SamplingParams
+from handler.core.types import ChatMessage, ChatPrompt, Completion, FinishReason, Lora, Prompt, SamplingParams
 from handler.engine.model import json_grammar
 from handler.service.chat_service import ChatService
 from handler.service.prompts import chat_prompt, completion_input
@@ -257,7 +257,7 @@ async def chat_completions(
     lora = service.lora_for(body.model, body.lora_scale)
     messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
     prompt = chat_prompt(service.settings, messages)
-    service.check_prompt(prompt.fallback.full_text)
+    service.check_prompt((prompt.fallback if isinstance(prompt, ChatPrompt) else prompt).full_text)
     params = await sampling(service, body, body.max_completion_tokens or body.max_tokens)
     rid, created, model = response_id(request, "chatcmpl"), int(time.time()), body.model
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from handler.core.types import SamplingParams
 
@@ -37,6 +37,8 @@ class Settings(BaseModel):
     """Everything the service reads from `config.yaml`; each field is one key of the file."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # What loading decided that the operator should read in the log (the app logs it once at start).
+    _notes: tuple[str, ...] = PrivateAttr(default=())
 
     # Model
     model_path: str = Field(
@@ -114,12 +116,22 @@ class Settings(BaseModel):
     )
 
     # Prompt
-    system_prompt: str = Field("Answer in rhymes!", description="Fills {system_prompt} in the template.")
+    system_prompt: str = Field(
+        "Answer in rhymes!", description="/chat's system message (in prompt_template: what fills {system_prompt})."
+    )
+    prompt_format: Literal["auto", "prompt_template"] = Field(
+        "auto",
+        description="How /chat and chat messages become the model's prompt. auto: through the model's own chat "
+        "template (its GGUF's tokenizer.chat_template) where it has one, else prompt_template; prompt_template: "
+        "always prompt_template.",
+    )
     prompt_template: str = Field(
         "System: {system_prompt}\n\nHuman: {prompt}\n\nAssistant:",
-        description="How a request becomes the model's prompt; must contain {prompt}.",
+        description="The prompt for a model without a chat template of its own; must contain {prompt}.",
     )
-    stop: list[str] = Field(["Human:"], description="Generation stops before any of these strings.")
+    stop: list[str] = Field(
+        ["Human:"], description="Where prompt_template is the format, generation stops before any of these strings."
+    )
 
     # Generation defaults
     max_tokens_default: int = Field(100, ge=1, description="max_tokens when a request leaves it out.")
@@ -236,10 +248,10 @@ class Settings(BaseModel):
         return template
 
     def sampling(self, max_tokens: int) -> SamplingParams:
-        """The configured sampling, for `max_tokens` tokens."""
+        """The configured sampling, for `max_tokens` tokens; the stop strings come with the prompt's format."""
         return SamplingParams(
             max_tokens=max_tokens,
-            stop=tuple(self.stop),
+            stop=(),
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
@@ -247,6 +259,10 @@ class Settings(BaseModel):
             repeat_penalty=self.repeat_penalty,
             seed=self.seed,
         )
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self._notes
 
     @property
     def served_model(self) -> str:
@@ -310,14 +326,33 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
     config_path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG).resolve()
     values = _read_file(config_path)
     origins = {key: f"{config_path}: field '{key}'" for key in values}
-    for key, raw in _env_overrides(environ).items():
+    overrides = _env_overrides(environ)
+    notes = _unpin_overridden_model(values, overrides, config_path)
+    for key, raw in overrides.items():
         values[key] = raw
         origins[key] = f"environment variable {ENV_PREFIX}{key.upper()}"
     try:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, config_path, origins)) from None
-    return _resolve_paths(settings, config_path.parent)
+    settings = _resolve_paths(settings, config_path.parent)
+    settings._notes = notes
+    return settings
+
+
+def _unpin_overridden_model(values: dict[str, Any], overrides: dict[str, Any], config_path: Path) -> tuple[str, ...]:
+    """A file's model_sha256 is the digest of the file's model_path: a model_path from the environment
+    without a model_sha256 of its own is another file, served unpinned (its identity read from it)."""
+    pinned = values.get("model_sha256")
+    if not pinned or "model_path" not in overrides or "model_sha256" in overrides:
+        return ()
+    if overrides["model_path"] == values.get("model_path"):
+        return ()
+    del values["model_sha256"]
+    return (
+        f"{ENV_PREFIX}MODEL_PATH names another model than {config_path}'s model_path, so that file's "
+        f"model_sha256 is not applied; set {ENV_PREFIX}MODEL_SHA256 to pin the served file to its digest.",
+    )
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -38,7 +38,7 @@ class ModelMismatch(ModelUnavailable):
     error_type = "model_mismatch"
     public_message = (
         "The model file does not match this service's configured model_sha256; the operator has to fix the "
-        "file or the setting (the log names both digests)."
+        "file or the setting (model_sha256 or CHAT_MODEL_SHA256; the log names both digests)."
     )
 
 

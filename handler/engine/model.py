@@ -219,8 +219,17 @@ class ModelHolder:
         file's header once per model (the loaded file itself when it is that model). Blocking."""
         if identity not in self._templates:
             opened = self._opened
-            path = opened.path if opened is not None and opened.identity == identity else self.source.header_path()
-            self._templates[identity] = _compile(read_chat_metadata(path))
+            if opened is not None and opened.identity == identity:
+                self._templates[identity] = _compile(read_chat_metadata(opened.path))
+                return self._templates[identity]
+            try:
+                metadata = self.source.known_chat(identity) or read_chat_metadata(self.source.header_path())
+            except ModelUnavailable:
+                if opened is None:
+                    raise
+                # The file there now is not a model: the loaded one answers meanwhile, with its template.
+                return self._chat_template(opened.identity)
+            self._templates[identity] = _compile(metadata)
         return self._templates[identity]
 
     def known_chat_input(self, prompt: ChatPrompt, identity: str) -> ModelInput | None:

@@ -5,6 +5,8 @@ runtime memo the device and inode too): a file replaced by rename or overwritten
 version. The digest of a version is found, in order, in a sidecar `<model>.sha256.json` written
 when the file was made (model assembly, image build), in a memo under the download folder
 (a read-only image folder cannot take a sidecar), or computed once and remembered in both.
+The records also hold what the chat template needs from the file's header, so that a cold
+cache hit on a chat request reads neither the model nor its header.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from handler.core.errors import ModelUnavailable
 from handler.engine.file_digest import sha256_of
+from handler.engine.gguf_header import ChatMetadata, read_chat_metadata
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,16 @@ def sidecar_of(path: str | Path) -> Path:
 def write_sidecar(path: str | Path, sha256: str) -> None:
     """Record the digest of the file as it is now; it holds only while size and mtime stay the same."""
     version = FileVersion.at(path)
-    _write_json(sidecar_of(path), {"sha256": sha256, "size": version.size, "mtime_ns": version.mtime_ns})
+    _write_json(sidecar_of(path), _record(path, version, sha256))
+
+
+def _record(path: str | Path, version: FileVersion, sha256: str) -> dict[str, object]:
+    record: dict[str, object] = {"sha256": sha256, "size": version.size, "mtime_ns": version.mtime_ns}
+    try:
+        record["chat"] = asdict(read_chat_metadata(path))
+    except ModelUnavailable:
+        pass  # not a GGUF file: the digest alone
+    return record
 
 
 class DigestMemo:
@@ -77,14 +90,26 @@ class DigestMemo:
             digest = sha256_of(source, progress=False)
             log.info("model file hashed", extra={"model_path": path, "bytes": version.size})
             self._known[(path, version)] = digest
-            self._remember(path, version, digest)
+            self._remember(path, version, digest, opened)
             return digest
 
-    def _read_sidecar(self, path: str, version: FileVersion) -> str | None:
+    def known_chat(self, path: str, version: FileVersion, sha256: str) -> ChatMetadata | None:
+        """The chat metadata recorded for this version of the file with this digest, or None."""
+        for record in (self._sidecar_record(path, version), _read_json(self._memo_file(version))):
+            chat = record.get("chat") if record and record.get("sha256") == sha256 else None
+            if isinstance(chat, dict) and _chat_fields(chat):
+                return ChatMetadata(chat["template"], chat["bos_token"], chat["eos_token"])
+        return None
+
+    def _sidecar_record(self, path: str, version: FileVersion) -> dict[str, object] | None:
         record = _read_json(sidecar_of(path))
         if record and record.get("size") == version.size and record.get("mtime_ns") == version.mtime_ns:
-            return _hex(record.get("sha256"))
+            return record
         return None
+
+    def _read_sidecar(self, path: str, version: FileVersion) -> str | None:
+        record = self._sidecar_record(path, version)
+        return _hex(record.get("sha256")) if record else None
 
     def _memo_file(self, version: FileVersion) -> Path:
         return self.memo_dir / f"{version.device}-{version.inode}-{version.size}-{version.mtime_ns}.json"
@@ -93,13 +118,20 @@ class DigestMemo:
         record = _read_json(self._memo_file(version))
         return _hex(record.get("sha256")) if record else None
 
-    def _remember(self, path: str, version: FileVersion, digest: str) -> None:
-        record = {"sha256": digest, "size": version.size, "mtime_ns": version.mtime_ns}
+    def _remember(self, path: str, version: FileVersion, digest: str, opened: int | None) -> None:
+        record = _record(f"/proc/self/fd/{opened}" if opened is not None else path, version, digest)
         for target in (sidecar_of(path), self._memo_file(version)):
             try:
                 _write_json(target, record)
             except OSError:
                 continue  # a read-only folder: the other record, or this process's memory, serves
+
+
+def _chat_fields(chat: dict[str, object]) -> bool:
+    template = chat.get("template")
+    return (template is None or isinstance(template, str)) and all(
+        isinstance(chat.get(k), str) for k in ("bos_token", "eos_token")
+    )
 
 
 def _hex(value: object) -> str | None:

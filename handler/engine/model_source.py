@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from handler.core.config import Settings
 from handler.core.errors import ModelMismatch, ModelUnavailable
 from handler.engine.file_digest import sha256_of
+from handler.engine.gguf_header import ChatMetadata
 from handler.engine.model_identity import DigestMemo, FileVersion
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ class ModelSource(Protocol):
 
     def header_path(self) -> str:
         """A local file to read the model's metadata from; may download. Raises ModelUnavailable."""
+
+    def known_chat(self, identity: str) -> ChatMetadata | None:
+        """The chat metadata of the model `identity` names, when a record beside it has it (at most a stat)."""
 
     def present(self) -> bool | None:
         """Whether the model is there to load, when a stat can tell (None: not without a request)."""
@@ -119,7 +123,8 @@ class LocalSource:
             if self.sha256 and digest != self.sha256:
                 raise ModelMismatch(
                     f"model file {self.path} has sha256 {digest}, but model_sha256 in the config is {self.sha256}: "
-                    "nothing is loaded or stored under the declared identity until they agree"
+                    "nothing is loaded or stored under the declared identity until they agree (set model_sha256, or "
+                    "CHAT_MODEL_SHA256, to the file's digest, or clear it to serve the file unpinned)"
                 )
         except BaseException:
             os.close(fd)
@@ -136,6 +141,13 @@ class LocalSource:
 
     def header_path(self) -> str:
         return self.path
+
+    def known_chat(self, identity: str) -> ChatMetadata | None:
+        try:
+            version = FileVersion.at(self.path)
+        except OSError:
+            return None
+        return self.memo.known_chat(self.path, version, identity.removeprefix("sha256:"))
 
     def present(self) -> bool | None:
         return os.path.isfile(self.path)
@@ -198,6 +210,9 @@ class S3Source:
 
     def header_path(self) -> str:
         return self.local_path()
+
+    def known_chat(self, identity: str) -> ChatMetadata | None:
+        return None  # known once downloaded: the header of the local copy is read then
 
     def present(self) -> bool | None:
         return None

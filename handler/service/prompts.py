@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from handler.core.config import Settings
 from handler.core.errors import BadRequest
-from handler.core.types import ChatMessage, ChatPrompt, ModelInput
+from handler.core.types import ChatMessage, ChatPrompt, ModelInput, Prompt
 
 ROLE_LABELS = {"user": "Human", "assistant": "Assistant"}
 
@@ -14,10 +14,17 @@ def compose(settings: Settings, prompt: str) -> str:
     return settings.prompt_template.format(system_prompt=settings.system_prompt, prompt=prompt)
 
 
-def chat_input(settings: Settings, prompt: str) -> ModelInput:
-    """/chat's model input: the config template around the user's text, all of it text to the model
-    (a user cannot write a control token), stopping at the template's stop strings."""
+def template_input(settings: Settings, prompt: str) -> ModelInput:
+    """`prompt_template` around the user's text, all of it text to the model, with its stop strings."""
     return ModelInput.text(compose(settings, prompt), stop=tuple(settings.stop))
+
+
+def chat_input(settings: Settings, prompt: str) -> Prompt:
+    """/chat's model input: `system_prompt` and the user's text as a system and a user message, so that a
+    model with a chat template of its own gets them through it, as /v1/chat/completions would send them;
+    for a model without one, or under `prompt_format: prompt_template`, exactly `compose`'s text."""
+    system = [ChatMessage("system", settings.system_prompt)] if settings.system_prompt else []
+    return chat_prompt(settings, [*system, ChatMessage("user", prompt)])
 
 
 def completion_input(settings: Settings, prompt: str) -> ModelInput:
@@ -26,11 +33,12 @@ def completion_input(settings: Settings, prompt: str) -> ModelInput:
     return ModelInput.text(prompt, special=settings.completion_parse_special)
 
 
-def chat_prompt(settings: Settings, messages: list[ChatMessage]) -> ChatPrompt:
+def chat_prompt(settings: Settings, messages: list[ChatMessage]) -> Prompt:
     """Chat messages, with the prompt for a model that has no chat template of its own (which one
-    applies is known only once the model is loaded). The fallback writes earlier turns as
-    `Human:`/`Assistant:` lines inside the template's {prompt}, so that one user message gives
-    exactly the prompt `/chat` gives."""
+    applies is known from the model file's header); under `prompt_format: prompt_template`, that prompt
+    alone. It writes earlier turns as `Human:`/`Assistant:` lines inside the template's {prompt}, so that
+    one user message gives exactly `compose`'s text. All of it is text to the model: what users write
+    never becomes a control token."""
     if not messages or messages[-1].role != "user":
         raise BadRequest("messages must end with a message whose role is user.")
     systems = [m.content for m in messages if m.role == "system"]
@@ -40,4 +48,7 @@ def chat_prompt(settings: Settings, messages: list[ChatMessage]) -> ChatPrompt:
     fallback = settings.prompt_template.format(
         system_prompt="\n\n".join(systems) if systems else settings.system_prompt, prompt=conversation
     )
-    return ChatPrompt(tuple(messages), ModelInput.text(fallback, stop=tuple(settings.stop)))
+    text_format = ModelInput.text(fallback, stop=tuple(settings.stop))  # one user message: template_input's
+    if settings.prompt_format == "prompt_template":
+        return text_format
+    return ChatPrompt(tuple(messages), text_format)
