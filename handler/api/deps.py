@@ -19,3 +19,12 @@ async def get_chat_service(request: Request) -> ChatService:
 
 
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
+
+
+async def get_authenticated(request: Request) -> bool:
+    """Whether the request may see everything: API keys are off, or it carries a valid one (as the API-key
+    middleware notes it in the scope's state, `authenticated`; absent, as without the middleware, is no)."""
+    return getattr(request.state, "authenticated", False) is True
+
+
+AuthenticatedDep = Annotated[bool, Depends(get_authenticated)]

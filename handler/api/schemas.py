@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from handler.api.openai_schemas import Text
 from handler.cache.policy import CacheMode
 
 
@@ -19,7 +20,7 @@ class ChatRequest(BaseModel):
         strict=True,
         description="Most tokens to generate; the service's default (100 unless configured) when left out.",
     )
-    model: str | None = Field(
+    model: Text | None = Field(
         None,
         description="The model, or `<model>:<adapter>` for a LoRA adapter (GET /v1/models); the model when left out.",
     )
@@ -61,7 +62,14 @@ class ModelStatus(BaseModel):
     generations: int
 
 
-class HealthResponse(BaseModel):
+class HealthStatus(BaseModel):
+    """What `/health` tells a caller without a valid key when API keys are configured."""
+
     status: str = Field(description="`ok`, or `degraded`: the model file is missing, or a cache tier is failing.")
+
+
+class HealthResponse(HealthStatus):
+    """What `/health` tells a caller with a valid key, or anyone when no API keys are configured."""
+
     model: ModelStatus
     cache: dict[str, Any] = Field(description="Hits per tier, misses, entries and bytes on disk.")

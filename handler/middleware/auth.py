@@ -1,5 +1,9 @@
 """Optional API-key access: off unless keys are configured; `/health` and the docs stay open.
 
+Each request's scope state says whether it is `authenticated`: keys are off, or it carries a valid
+one. An open route reads it to decide how much to tell (`/health` tells a caller without a key only
+its status).
+
 Keys come from config (`api_keys`, or `CHAT_API_KEYS='["..."]'`) and from an AWS Secrets Manager
 secret (`api_keys_secret_id`), fetched once per container with boto3, imported only then. Keys
 are compared as sha256 digests with `hmac.compare_digest`, against every key, so neither the
@@ -22,6 +26,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from handler.core.config import Settings
 from handler.core.errors import ServiceError, ServiceUnavailable
 from handler.middleware.error_responses import service_error_response
+
+# The key in the scope's state (`request.state.authenticated`) that says whether the request may see
+# everything: API keys are off, or it carries a valid one. Absent means no.
+AUTHENTICATED = "authenticated"
 
 
 class Unauthorized(ServiceError):
@@ -72,6 +80,20 @@ class ApiKeys:
         if not matched:
             raise Unauthorized("wrong API key")
 
+    async def accepts(self, request: Request) -> bool:
+        """Whether `request` may see everything; never raises. Without a key it is not, and the secret
+        is not read for it (a platform's health probe sends none); with one that cannot be checked now
+        (the secret unreadable), it is not either."""
+        if not self.enabled:
+            return True
+        if _offered_key(request) is None:
+            return False
+        try:
+            await self.check(request)
+        except ServiceError:
+            return False
+        return True
+
 
 class ApiKeyMiddleware:
     """Guards every route but the open ones, before routing: an unauthenticated caller learns nothing,
@@ -84,14 +106,20 @@ class ApiKeyMiddleware:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.keys.enabled and scope["path"] not in self.OPEN_PATHS:
-            request = Request(scope)
-            try:
-                await self.keys.check(request)
-            except ServiceError as exc:
-                response = await service_error_response(request, exc)
-                await response(scope, receive, send)
-                return
+        if scope["type"] == "http":
+            authenticated = True
+            if self.keys.enabled:
+                request = Request(scope)
+                if scope["path"] in self.OPEN_PATHS:
+                    authenticated = await self.keys.accepts(request)
+                else:
+                    try:
+                        await self.keys.check(request)
+                    except ServiceError as exc:
+                        response = await service_error_response(request, exc)
+                        await response(scope, receive, send)
+                        return
+            scope.setdefault("state", {})[AUTHENTICATED] = authenticated
         await self.app(scope, receive, send)
 
 

@@ -23,8 +23,29 @@ def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", "") or ""
 
 
+def error_json(error_type: str, message: str, request_id: str, **extra: Any) -> dict[str, Any]:
+    """The error body every error answer has, `{"error": {"type", "message", "request_id", ...}}`, ready
+    to encode: whatever it quotes of the request (a model name, a field name, a schema's text) may hold a
+    lone surrogate, which JSON can escape but no UTF-8 body can carry, so each becomes its `\\udXXXX` text."""
+    body: dict[str, Any] = encodable(
+        {"error": {"type": error_type, "message": message, "request_id": request_id, **extra}}
+    )
+    return body
+
+
 def error_body(request: Request, error_type: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": {"type": error_type, "message": message, "request_id": request_id_of(request), **extra}}
+    return error_json(error_type, message, request_id_of(request), **extra)
+
+
+def encodable(value: Any) -> Any:
+    """`value` with every string in it (keys too) encodable as UTF-8: lone surrogates as escape text."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {encodable(key): encodable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [encodable(item) for item in value]
+    return value
 
 
 async def service_error_response(request: Request, exc: Exception) -> JSONResponse:
