@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Upload a GGUF to S3 for the function to fetch at cold start, and print the template parameters.
-#   infra/upload-model.sh models/gemma-3-270m-q4_k_m.gguf my-models-bucket [gguf/]
+#   infra/upload-model.sh models/SmolLM2-135M-Instruct.Q4_1.gguf my-models-bucket [gguf/]
 # Needs the AWS CLI and credentials that may write to the bucket.
 set -euo pipefail
 file=${1:?usage: $0 FILE BUCKET [PREFIX]}

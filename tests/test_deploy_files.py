@@ -165,10 +165,15 @@ def test_the_functions_may_read_only_the_model_the_keys_secret_and_items_of_the_
 
 
 def public_url_permissions(resources: dict[str, Any], target: str) -> dict[str, dict[str, Any]]:
+    """The target's grants to everyone ("*"), each of which must be for a public URL only."""
     out = {}
     for resource in resources.values():
         properties = resource.get("Properties", {})
-        if resource["Type"] == "AWS::Lambda::Permission" and properties["FunctionName"] == {"Ref": target}:
+        if (
+            resource["Type"] == "AWS::Lambda::Permission"
+            and properties["FunctionName"] == {"Ref": target}
+            and properties["Principal"] == "*"
+        ):
             assert resource["Condition"] == "IsPublicUrl"
             out[properties["Action"]] = properties
     return out
@@ -209,6 +214,59 @@ def test_a_function_outlives_the_generation_timeout(
     assert limit is not None
     assert template["Globals"]["Function"]["Timeout"] > limit
     assert gpu_template["Resources"]["GpuFunction"]["Properties"]["Timeout"] > limit
+
+
+def test_the_http_api_has_the_function_urls_auth(template: dict[str, Any]) -> None:
+    """No public door: the HTTP API's one route takes the URLs' AuthType (AWS_IAM by default, NONE only
+    when FunctionUrlAuth says so), and no function has a SAM Api/HttpApi event, which would make an API
+    of its own without auth."""
+    resources = template["Resources"]
+    assert template["Parameters"]["FunctionUrlAuth"]["Default"] == "AWS_IAM"
+    for name in FUNCTIONS:
+        assert resources[name]["Properties"]["FunctionUrlConfig"]["AuthType"] == {"Ref": "FunctionUrlAuth"}
+        assert "Events" not in resources[name]["Properties"], name
+    routes = {k: r["Properties"] for k, r in resources.items() if r["Type"] == "AWS::ApiGatewayV2::Route"}
+    assert list(routes) == ["ChatHttpApiRoute"]
+    route = routes["ChatHttpApiRoute"]
+    assert route["AuthorizationType"] == {"If": ["IsPublicUrl", "NONE", "AWS_IAM"]}
+    assert route["Target"] == {"Sub": "integrations/${ChatHttpApiIntegration}"}
+    integration = resources["ChatHttpApiIntegration"]["Properties"]
+    assert integration["IntegrationUri"] == {"GetAtt": "ChatFunction.Arn"}
+    assert integration["PayloadFormatVersion"] == "2.0"  # the HTTP API v2 event that remaining_ms reads
+    assert template["Outputs"]["ChatApiUrl"]["Value"] == {"Sub": "${ChatHttpApi.ApiEndpoint}/"}
+    # API Gateway may invoke the function for this API only.
+    invoke = resources["ChatHttpApiInvoke"]["Properties"]
+    assert (invoke["Principal"], invoke["FunctionName"]) == ("apigateway.amazonaws.com", {"Ref": "ChatFunction"})
+    assert "${ChatHttpApi}/" in invoke["SourceArn"]["Sub"]
+
+
+def test_behind_the_http_api_a_generation_ends_before_the_gateways_timeout(template: dict[str, Any]) -> None:
+    from handler.api.common import GATEWAY_INTEGRATION_MS
+    from handler.service.chat_service import RESPONSE_MARGIN_S
+
+    timeout_ms = template["Resources"]["ChatHttpApiIntegration"]["Properties"]["TimeoutInMillis"]
+    assert timeout_ms <= 30_000  # an HTTP API's most
+    assert timeout_ms - 1_000 >= GATEWAY_INTEGRATION_MS  # time for the answer to travel back
+    assert GATEWAY_INTEGRATION_MS - RESPONSE_MARGIN_S * 1000 < 28_000
+
+
+@pytest.mark.deploy
+def test_sam_local_start_api_finds_the_http_api_route() -> None:
+    """`sam local start-api` (README) reads plain ApiGatewayV2 routes only when such a resource comes
+    before the first AWS::Serverless::Function in the template; asked offline, through SAM CLI's own
+    API provider, the route must be there and lead to ChatFunction."""
+    script = (
+        "from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider\n"
+        "from samcli.lib.providers.api_provider import ApiProvider\n"
+        "stacks, _ = SamLocalStackProvider.get_stacks('template.yaml')\n"
+        "for r in ApiProvider(stacks).api.routes:\n"
+        "    print(r.path, r.function_name, r.payload_format_version)\n"
+    )
+    python = str(Path(tool("sam")).parent / "python")
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1"}
+    out = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["$default ChatFunction 2.0", ""], out.stdout + out.stderr
 
 
 # ---------------------------------------------------------------- infra/template-gpu.yaml: Lambda Managed Instances
@@ -338,3 +396,38 @@ def test_every_gcloud_run_deploy_flag_exists() -> None:
     used = set(deploy_flags()) | set(re.findall(r"(--add-volume(?:-mount)?)=", text))
     used |= {"--allow-unauthenticated", "--no-allow-unauthenticated"}
     assert used <= known, used - known
+
+
+# ---------------------------------------------------------------- the files the deployment files name
+
+
+def made_by_make() -> set[str]:
+    """Files the Makefile makes rather than the repository holding them: the embedded models (`make model`)."""
+    return set(re.findall(r"^\w+_FILE\s*:=\s*(\S+)$", (ROOT / "Makefile").read_text(), flags=re.M))
+
+
+def test_every_repository_path_the_deployment_files_name_exists() -> None:
+    """A path such as infra/..., tests/events/... or models/... named in a template, the sample samconfig,
+    config.yaml or a script exists (or, for a model, is what `make model` writes)."""
+    named = [*TEMPLATES, "infra/samconfig.toml", "config.yaml", "Dockerfile", "infra/README.md"]
+    named += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "infra").glob("*.sh"))]
+    named += ["infra/cloudrun-service.yaml", "tests/events/README.md"]
+    made = made_by_make()
+    assert made, "the Makefile names the models it makes"
+    missing = []
+    pattern = r"(?<![\w./-])(?:infra|tests|models|handler|bench)/[\w./-]*"
+    for source in named:
+        for found in re.findall(pattern, (ROOT / source).read_text()):
+            path = found.rstrip(".")
+            if not (ROOT / path).exists() and path not in made:
+                missing.append(f"{source}: {path}")
+    assert not missing, missing
+    assert "models/SmolLM2-135M-Instruct.Q4_1.gguf" in made  # config.yaml's model_path
+
+
+def test_the_samples_local_invoke_event_is_a_shipped_chat_request() -> None:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "infra/samconfig.toml").read_text())
+    event = config["default"]["local_invoke"]["parameters"]["event"]
+    assert (ROOT / event).is_file() and event.startswith("tests/events/")  # test_shipped_events.py invokes it
