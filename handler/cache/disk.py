@@ -19,6 +19,7 @@ from typing import Any
 
 from handler.cache.entry import Entry, decode, encode
 from handler.cache.outage import Outage
+from handler.cache.signing import EntrySigner
 from handler.core.types import CacheSource
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,17 @@ class DiskTier:
         ttl: float | None,
         retry_seconds: float,
         seed_directory: str | None = None,
+        signer: EntrySigner | None = None,
     ) -> None:
         self.directory = directory
+        self._signer = signer or EntrySigner(())
         self._seed_directory = seed_directory
         self._size_limit = size_limit
         self._ttl = ttl
         self._cache: Any = None
         self._database: tuple[int, int] | None = None  # the open database file's device and inode
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the open cache object: opened, failed and closed under it
+        self._hits_lock = threading.Lock()
         self.outage = Outage("disk cache", "memory and the model", retry_seconds, log, {"cache_dir": directory})
         self.hits = 0
 
@@ -112,9 +116,10 @@ class DiskTier:
                 os.replace(part, Path(str(aside) + suffix))
 
     def _fail(self, action: str, exc: BaseException) -> None:
-        self.outage.fault(action, exc)
-        cache, self._cache, self._database = self._cache, None, None
-        if cache is not None:
+        with self._lock:
+            self.outage.fault(action, exc)
+            cache, self._cache, self._database = self._cache, None, None
+        if cache is not None:  # diskcache closes the calling thread's connection; other threads keep theirs
             try:
                 cache.close()
             except Exception:
@@ -131,11 +136,15 @@ class DiskTier:
             return None
         if raw is None:
             return None
-        entry = decode(key, raw)
+        payload = self._signer.open(key, raw) if isinstance(raw, bytes) else raw
+        if payload is None:
+            self.outage.untrusted(key)
+        entry = None if payload is None else decode(key, payload)
         if entry is None or entry.expired(self._ttl):
-            self.delete(key)  # stale schema, damaged or expired: never served, and not kept
+            self.delete(key)  # unsigned, stale schema, damaged or expired: never served, and not kept
             return None
-        self.hits += 1
+        with self._hits_lock:
+            self.hits += 1
         return entry
 
     def put(self, key: str, entry: Entry) -> None:
@@ -144,7 +153,7 @@ class DiskTier:
             return
         expire = None if self._ttl is None else max(0.0, self._ttl - (time.time() - entry.created))
         try:
-            cache.set(key, encode(key, entry), expire=expire)
+            cache.set(key, self._signer.seal(key, encode(key, entry)), expire=expire)
         except Exception as exc:
             self._fail("write", exc)
 

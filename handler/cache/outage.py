@@ -44,6 +44,14 @@ class Outage:
             )
         self._since = time.monotonic()
 
+    def untrusted(self, key: str) -> None:
+        """An entry that no signing key vouches for: never served, counted as a fault and logged each time
+        (someone wrote it who should not have), while the tier stays in use for the entries that verify."""
+        self.faults += 1
+        self.log.warning(
+            "%s returned an entry no signing key vouches for; not served", self.tier, extra={**self.context, "key": key}
+        )
+
     def recovered(self) -> None:
         if self._since is not None:
             self._since = None

@@ -4,6 +4,7 @@ every store goes to every tier."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any, TypeVar
 
@@ -11,15 +12,18 @@ from handler.cache.disk import DiskTier
 from handler.cache.entry import Entry
 from handler.cache.memory import MemoryTier
 from handler.cache.shared import SharedTier
+from handler.cache.signing import EntrySigner
 from handler.cache.tier import Tier
 from handler.core.config import Settings
 from handler.core.types import CacheSource, Completion, Embedding
 
 V = TypeVar("V", Completion, Embedding)
+log = logging.getLogger(__name__)
 
 
 def configured_tiers(settings: Settings) -> list[Tier]:
-    """Memory, then disk, then (when configured) the fleet's shared table."""
+    """Memory, then disk, then (when configured) the fleet's shared table; the slow tiers' entries signed."""
+    signer = EntrySigner(settings.cache_signing_keys)
     tiers: list[Tier] = [MemoryTier(settings.cache_memory_entries, settings.cache_ttl_seconds)]
     if settings.cache_dir:
         tiers.append(
@@ -29,6 +33,7 @@ def configured_tiers(settings: Settings) -> list[Tier]:
                 settings.cache_ttl_seconds,
                 settings.cache_disk_retry_seconds,
                 settings.cache_seed_dir,
+                signer,
             )
         )
     if settings.cache_table:
@@ -41,8 +46,15 @@ def configured_tiers(settings: Settings) -> list[Tier]:
                 settings.cache_table_write_wait_seconds,
                 settings.cache_table_retry_seconds,
                 settings.cache_ttl_seconds,
+                signer,
             )
         )
+        if not signer.enabled:
+            log.warning(
+                "cache_table is set without cache_signing_keys: answers in the table are served as written, "
+                "so anyone who can put items into it (every function role with PutItem) can make this service "
+                "answer with their text; set cache_signing_keys (or CHAT_CACHE_SIGNING_KEYS) on every container"
+            )
     return tiers
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from handler.cache.entry import Entry, decode, encode
 from handler.cache.outage import Outage
+from handler.cache.signing import EntrySigner
 from handler.core.types import CacheSource
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,10 @@ class SharedTier:
         write_wait: float,
         retry_seconds: float,
         local_ttl: float | None = None,
+        signer: EntrySigner | None = None,
     ) -> None:
         self.table = table
+        self._signer = signer or EntrySigner(())
         self._local_ttl = local_ttl  # cache_ttl_seconds: an older entry is never served, wherever it is
         self._ttl = min(ttl, local_ttl) if local_ttl else ttl  # how long the table keeps an item (its TTL attribute)
         self._timeout = timeout
@@ -97,7 +100,10 @@ class SharedTier:
             return None
         raw = item.get(ENTRY, {}).get("B")
         expires = item.get(EXPIRES, {}).get("N")
-        entry = decode(key, raw)
+        payload = self._signer.open(key, raw) if isinstance(raw, bytes) else raw
+        if payload is None:
+            self.outage.untrusted(key)
+        entry = None if payload is None else decode(key, payload)
         # DynamoDB deletes expired items lazily (within days): the attribute is checked here too.
         if entry is None or expires is None or float(expires) <= time.time() or entry.expired(self._local_ttl):
             return None
@@ -108,7 +114,7 @@ class SharedTier:
         """Written on a thread of its own; the caller waits at most `write_wait` seconds for it. In a
         function the container may be frozen after the response, so a short wait makes the write
         land now in the common case, without ever making an answer wait on a slow table."""
-        raw = encode(key, entry)
+        raw = self._signer.seal(key, encode(key, entry))
         size = len(KEY) + len(key) + len(ENTRY) + len(raw) + len(EXPIRES) + 21  # a number takes up to 21 bytes
         if size > ITEM_LIMIT:
             self.skipped_oversize += 1

@@ -177,6 +177,12 @@ class Settings(BaseModel):
     cache_table_write_wait_seconds: float = Field(
         0.2, ge=0, le=5, description="Longest a response waits for its answer's write to the table."
     )
+    cache_signing_keys: list[str] = Field(
+        [],
+        description="Secrets (at least 32 characters each) for the HMAC that every disk and table entry carries: "
+        "the first signs, all verify (rotation: put the new key first, drop the old one once its entries have "
+        "expired). An entry no key verifies is never served. Empty: entries are trusted as they are stored.",
+    )
     cache_table_retry_seconds: float = Field(
         30.0, ge=0, description="After a table fault, how long the service leaves the table alone."
     )
@@ -310,6 +316,13 @@ class Settings(BaseModel):
     def _keys_long_enough(cls, keys: list[str]) -> list[str]:
         if any(len(key) < 16 for key in keys):
             raise ValueError("each API key must be at least 16 characters")
+        return keys
+
+    @field_validator("cache_signing_keys")
+    @classmethod
+    def _signing_keys_long_enough(cls, keys: list[str]) -> list[str]:
+        if any(len(key) < 32 for key in keys):
+            raise ValueError("each cache signing key must be at least 32 characters (e.g. `openssl rand -hex 32`)")
         return keys
 
     @field_validator("stop")
