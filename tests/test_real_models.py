@@ -158,3 +158,41 @@ def test_embeddings(server: tuple[str, str]) -> None:
     assert all(math.isfinite(x) for vector in vectors for x in vector)
     assert vectors[0] == vectors[2]
     assert vectors[0] != vectors[1]
+
+
+REFERENCE = r"""
+import json, os, sys
+from llama_cpp import Llama
+path, prompt, max_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+llm = Llama(model_path=path, n_ctx=4096, n_batch=512, n_threads=os.cpu_count(), flash_attn=True, verbose=False)
+out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0)
+print(json.dumps(out["choices"][0]["text"]))
+"""
+PROBE = "Once upon a time, in a quiet village by the sea, there lived an old fisherman who"
+OTHERS = [
+    "Once upon a time, in a quiet village by the sea, a young girl found a bottle",
+    "Once upon a time, in a quiet village by the sea, there lived a cat",
+    "Once upon a time, in a quiet village by the sea,",
+]
+
+
+def test_with_prefix_reuse_off_a_greedy_answer_does_not_depend_on_what_was_served_before(
+    model: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The exact setting: the same request alone gets the same text whatever came before it (here requests
+    that share its opening, which prefix reuse would have decoded only in part), and it is
+    llama-cpp-python's create_completion text."""
+    env = {**model_env(model, tmp_path / "cache"), "CHAT_REUSE_PROMPT_PREFIX": "false", "CHAT_CACHE_DIR": ""}
+    env["CHAT_CACHE_MEMORY_ENTRIES"] = "0"
+    with service_process(env) as (url, _):
+        client = client_for(url)
+        answers = []
+        for other in [*OTHERS, None]:
+            answers.append(client.completions.create(model="m", prompt=PROBE, max_tokens=32).choices[0].text)
+            if other is not None:
+                client.completions.create(model="m", prompt=other, max_tokens=16)
+    reference = subprocess.run(
+        [sys.executable, "-c", REFERENCE, str(model[1]), PROBE, "32"], capture_output=True, text=True, check=True
+    )
+    assert len(set(answers)) == 1, answers
+    assert answers[0] == json.loads(reference.stdout.splitlines()[-1])
