@@ -46,7 +46,7 @@ class DiskTier:
         self._ttl = ttl
         self._cache: Any = None
         self._database: tuple[int, int] | None = None  # the open database file's device and inode
-        self._lock = threading.Lock()  # the open cache object: opened, failed and closed under it
+        self._lock = threading.RLock()  # the open cache object: opened, failed (also while opening) and closed under it
         self._hits_lock = threading.Lock()
         self.outage = Outage("disk cache", "memory and the model", retry_seconds, log, {"cache_dir": directory})
         self.hits = 0
