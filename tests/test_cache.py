@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,8 +19,10 @@ from fastapi import FastAPI
 from handler.app import create_app
 from handler.cache.entry import SCHEMA_VERSION
 from handler.cache.keys import cache_key
+from handler.cache.policy import CachePolicy
+from handler.cache.response_cache import ResponseCache
 from handler.core.config import Settings
-from handler.core.types import SamplingParams
+from handler.core.types import ModelInput, SamplingParams
 from handler.engine.model import ModelHolder, load_engine
 from handler.engine.model_identity import DigestMemo
 from handler.engine.model_source import LocalSource
@@ -175,6 +180,44 @@ def test_model_identity_is_the_declared_sha256_or_the_files_own(tiny_model: Path
     assert own != LocalSource(str(other), None, memo).identity()
 
 
+class NotingEngine(WrappedEngine):
+    """The real engine, noting the stop strings each generation was handed: observed, nothing faked."""
+
+    def __init__(self, real) -> None:
+        super().__init__(real)
+        self.stops: list[tuple[str, ...]] = []
+
+    def submit(self, tokens, params, **kwargs):
+        self.stops.append(params.stop)
+        return super().submit(tokens, params, **kwargs)
+
+
+def test_the_key_and_the_generation_see_the_same_stop_strings(settings: Settings) -> None:
+    """Decided once: a stop only the input carries stops the generation and is in the key, and stops
+    spelled twice are the same generation, so the same key."""
+    engines: list[NotingEngine] = []
+
+    def loader(s):
+        engines.append(NotingEngine(load_engine(s)))
+        return engines[-1]
+
+    service = create_app(settings, model=ModelHolder(settings, loader=loader)).state.chat
+    params = service.sampling(24)
+    whole = asyncio.run(service.answer(ModelInput.text("a story"), params, CachePolicy(store=False))).completion.text
+    # One ASCII character: the text leaves out bytes that do not decode, which a longer stop could span.
+    stop = next((c for c in whole[1:] if c.isascii() and c.isalnum()), None)
+    assert stop is not None, whole
+    prompt = ModelInput.text("a story", stop=(stop,))  # the request itself asks for no stop string
+    stopped = asyncio.run(service.answer(prompt, params, CachePolicy())).completion
+    assert (stopped.text, stopped.finish_reason) == (whole[: whole.index(stop)], "stop")
+    assert engines[0].stops[-1] == (stop,)
+    stops = dataclasses.replace(params, stop=(stop,))
+    key = cache_key(stopped.model_identity or "", prompt.key_material(), stops, settings.n_ctx)
+    assert service.cache.tier("memory").get(key) is not None
+    twice = asyncio.run(service.answer(prompt, dataclasses.replace(params, stop=(stop, stop)), CachePolicy()))
+    assert twice.source == "HIT-MEMORY" and twice.completion.text == stopped.text
+
+
 class SlowEngine(WrappedEngine):
     """The real engine, made slow to generate so identical requests overlap: a delay injected, nothing faked."""
 
@@ -277,3 +320,29 @@ def test_errors_are_never_stored(settings: Settings, serve, tmp_path: Path, tiny
     assert failed.status_code == 500
     assert again.status_code == 200 and again.headers["x-cache"] == "MISS"
     assert app.state.chat.cache.stats()["memory"]["entries"] == 1
+
+
+def test_concurrent_misses_are_all_counted() -> None:
+    cache = ResponseCache([])  # counting needs no tier
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between the read and the write of an unlocked count
+    try:
+        workers = [threading.Thread(target=lambda: [cache.count_miss() for _ in range(1000)]) for _ in range(50)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert cache.misses == 50_000
+
+
+def test_the_services_count_their_misses_through_the_cache(settings: Settings, serve) -> None:
+    """The count is the cache's own: read-only outside, so no service bumps it unlocked."""
+    app, ask = serve(settings)
+    ask("counted once")
+    url = str(ask("counted once").url).replace("/chat", "/v1/embeddings")
+    assert httpx.post(url, json={"model": "tiny", "input": ["one", "two", "one"]}, timeout=60).status_code == 200
+    assert app.state.chat.cache.stats()["misses"] == 3  # the chat miss, then two distinct inputs
+    with pytest.raises(AttributeError):
+        app.state.chat.cache.misses = 0

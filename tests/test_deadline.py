@@ -156,3 +156,39 @@ def test_a_stream_given_up_before_its_first_piece_stops_its_generation(settings:
     asyncio.run(give_up())
     assert service.pending == 0  # the generation ended: nobody was left to read it
     assert made and made[0].tokens < 10
+
+
+def test_a_request_that_makes_its_own_answer_after_a_cut_short_one_counts_against_the_limit(
+    settings: Settings,
+) -> None:
+    """The request that joined a generation its starter's deadline cut short generates again, as one of
+    `max_pending_generations`: counted while it runs, and a distinct request meanwhile is refused."""
+    from handler.cache.policy import CachePolicy
+    from handler.core.errors import Busy
+    from handler.core.types import ModelInput
+
+    app = slow_app(settings, generation_timeout_seconds=None, max_pending_generations=1)
+    service = app.state.chat
+    prompt, params = ModelInput.text("a long story"), service.sampling(60)
+
+    async def cut_then_own() -> tuple[Any, int, bool]:
+        now = time.monotonic()
+        leader = asyncio.create_task(service.answer(prompt, params, CachePolicy(store=False), now + 0.3))
+        while service.flights.in_flight == 0:
+            await asyncio.sleep(0.005)
+        follower = asyncio.create_task(service.answer(prompt, params, CachePolicy(store=False)))
+        cut = await leader
+        assert cut.completion.finish_reason == "time_limit"
+        await asyncio.sleep(0.2)  # the follower is making its own answer now
+        pending = service.pending
+        try:
+            await service.answer(ModelInput.text("another story"), params, CachePolicy(store=False))
+            refused = False
+        except Busy:
+            refused = True
+        return await follower, pending, refused
+
+    whole, pending, refused = asyncio.run(cut_then_own())
+    assert whole.completion.completion_tokens == 60
+    assert pending == 1
+    assert refused

@@ -6,6 +6,7 @@ import io
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,17 @@ import pytest
 from fastapi import FastAPI
 from mangum import Mangum
 
+from handler.api.openai import openai_finish_reason
 from handler.app import create_app
 from handler.core.config import Settings
-from handler.core.types import ChatMessage
+from handler.core.types import ChatMessage, Completion, FinishReason
 from handler.engine.model import ModelHolder, load_engine
 from handler.service.prompts import chat_prompt, compose
 from tests.conftest import (
     FakeLambdaContext,
     LiveServer,
     PacedEngine,
+    WrappedEngine,
     client_for,
     lambda_body,
     lambda_event,
@@ -317,6 +320,38 @@ def test_a_client_that_disconnects_stops_the_generation(settings: Settings, acce
     abandoned = lines(access_log)[0]
     assert (abandoned["status"], abandoned["cache"], abandoned["stream"]) == (200, "MISS", True)
     assert abandoned["finish_reason"] == "cancelled"
+
+
+class FailsAfterItsText(WrappedEngine):
+    """The real engine streaming its text, then failing: the fault injected once the 200 is out."""
+
+    def submit(self, tokens: list[int], params: Any, **kwargs: Any) -> Future[Any]:
+        failed: Future[Any] = Future()
+        real = self.real.submit(tokens, params, **kwargs)
+        real.add_done_callback(lambda _: failed.set_exception(RuntimeError("ggml_abort mid-stream")))
+        return failed
+
+
+def test_a_stream_that_fails_after_its_first_piece_is_logged_as_an_error(
+    settings: Settings, access_log: io.StringIO
+) -> None:
+    """Not as cancelled: the client stayed, the service failed it. Nothing is stored."""
+    app = create_app(settings, model=ModelHolder(settings, loader=lambda s: FailsAfterItsText(load_engine(s))))
+    body = {"model": "tiny", "prompt": "a long story", "max_tokens": 40, "stream": True}
+    with LiveServer(app) as server:
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as response:
+            events = list(sse_data(response.iter_lines()))
+        again = httpx.post(f"{server.url}/v1/completions", json=body, timeout=30)
+    assert response.status_code == 200
+    assert events[0]["choices"][0]["text"] and events[-1]["error"]["type"] == "generation_failed"
+    assert again.headers["x-cache"] == "MISS"
+    failed = lines(access_log)[0]
+    assert (failed["status"], failed["stream"], failed["finish_reason"]) == (200, True, "error")
+
+
+@pytest.mark.parametrize("reason", list(FinishReason))
+def test_every_finish_reason_is_one_openai_knows(reason: FinishReason) -> None:
+    assert openai_finish_reason(Completion("", reason, 0, 0)) in {"stop", "length"}
 
 
 def test_streaming_under_mangum_returns_the_whole_event_stream(settings: Settings) -> None:

@@ -100,9 +100,9 @@ async def sampling(service: ChatService, body: OpenAIRequest, max_tokens: int | 
 
 
 def openai_finish_reason(completion: Completion) -> str:
-    """OpenAI knows `stop` and `length`; a generation cut by the deadline is `length` (truncated), and
-    the `X-Finish-Reason` header says `time_limit`."""
-    return "length" if completion.finish_reason == FinishReason.TIME_LIMIT else completion.finish_reason.value
+    """OpenAI knows `stop` and `length`; any answer cut short (by the deadline, say) is `length` (truncated),
+    and the `X-Finish-Reason` header says why (`time_limit`)."""
+    return "stop" if completion.finish_reason == FinishReason.STOP else "length"
 
 
 def token_text(token: bytes) -> str:

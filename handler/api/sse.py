@@ -37,8 +37,9 @@ async def events(
 ) -> AsyncIterator[str]:
     """The events of one answer. However it ends (done, failed, or the client gone, which cancels this
     generator), the generation is told to stop, so the model is free for the next request; an answer
-    the client abandoned is logged as cancelled."""
+    the service failed is logged as an error, one the client abandoned as cancelled."""
     completed = False
+    ended = FinishReason.CANCELLED  # unless it failed: a client gone cancels or closes this generator, no Exception
     try:
         async for piece in stream:
             yield event(chunk(piece, None))
@@ -51,12 +52,16 @@ async def events(
         completed = True
         yield event("[DONE]")
     except ServiceError as exc:  # after the 200 went out: the error travels as an event, as OpenAI sends it
+        ended = FinishReason.ERROR
         log.error("%s while streaming: %s", exc.error_type, exc.cause)
         yield event({"error": {"type": exc.error_type, "message": exc.public_message}})
+    except Exception:
+        ended = FinishReason.ERROR
+        raise
     finally:
         stream.cancel()
         if not completed:
-            finished(Completion("", FinishReason.CANCELLED, 0, 0))
+            finished(Completion("", ended, 0, 0))
 
 
 def sse_response(body: AsyncIterator[str], headers: dict[str, str]) -> StreamingResponse:

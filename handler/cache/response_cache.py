@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from typing import Any, TypeVar
 
@@ -61,11 +62,21 @@ def configured_tiers(settings: Settings) -> list[Tier]:
 class ResponseCache:
     def __init__(self, tiers: list[Tier]) -> None:
         self.tiers = tiers
-        self.misses = 0
+        self._misses = 0
+        self._misses_lock = threading.Lock()  # counted from whichever thread the service answers on
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResponseCache:
         return cls(configured_tiers(settings))
+
+    def count_miss(self, n: int = 1) -> None:
+        """`n` lookups the cache could not answer."""
+        with self._misses_lock:
+            self._misses += n
+
+    @property
+    def misses(self) -> int:
+        return self._misses
 
     def tier(self, name: str) -> Tier | None:
         return next((t for t in self.tiers if t.name == name), None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 
@@ -12,10 +12,11 @@ class FinishReason(StrEnum):
     LENGTH = "length"  # max_tokens reached
     TIME_LIMIT = "time_limit"  # the deadline passed
     CANCELLED = "cancelled"  # the caller went away
+    ERROR = "error"  # the service failed it after the answer had begun (a stream's 200 already sent)
 
 
 # Answers cut short are never cached: they are not the answer to the request.
-INCOMPLETE = frozenset({FinishReason.TIME_LIMIT, FinishReason.CANCELLED})
+INCOMPLETE = frozenset({FinishReason.TIME_LIMIT, FinishReason.CANCELLED, FinishReason.ERROR})
 
 # (token id, bias added to its logit), sorted by id: hashable, and one spelling per meaning for the cache key
 LogitBias = tuple[tuple[int, float], ...]
@@ -39,6 +40,7 @@ class SamplingParams:
     """What, besides the prompt, decides the answer of one generation."""
 
     max_tokens: int
+    # Every stop string of the generation: where the input brings its own, `ModelInput.sampling` adds them.
     stop: tuple[str, ...]
     temperature: float
     top_p: float
@@ -134,12 +136,15 @@ class ModelInput:
     def full_text(self) -> str:
         return "".join(segment.text for segment in self.segments)
 
-    def stops_with(self, requested: tuple[str, ...]) -> tuple[str, ...]:
-        """The stop strings a generation uses: the request's, then this input's own."""
-        return requested + tuple(s for s in self.stop if s and s not in requested)
+    def sampling(self, requested: SamplingParams) -> SamplingParams:
+        """The parameters a generation of this input runs with and its cache key is made of, decided here
+        once for both: the request's stop strings, then this input's own, each once (one spelling per
+        meaning: stopping at a string twice is stopping at it)."""
+        stops = tuple(dict.fromkeys(s for s in (*requested.stop, *self.stop) if s))
+        return requested if stops == requested.stop else replace(requested, stop=stops)
 
     def key_material(self) -> str:
-        """The text as the model sees it; the stops join the key through `stops_with`."""
+        """The text as the model sees it; the stops join the key through `sampling`."""
         return json.dumps(
             {"segments": [[s.text, s.special] for s in self.segments], "add_bos": self.add_bos},
             ensure_ascii=False,

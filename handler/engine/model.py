@@ -10,7 +10,6 @@ nor the chat template engine: a cold start pays for them only when a request nee
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -255,9 +254,10 @@ class ModelHolder:
         lora: Lora | None = None,
     ) -> Completion:
         """Generate one answer, stopping at `deadline` (time.monotonic()) with finish_reason time_limit,
-        or once `cancelled` is set. With `on_text`, the text is streamed to it piece by piece (from the
-        engine's thread); with `lora`, under that adapter. Blocking: call from a worker thread; other
-        requests decode alongside.
+        or once `cancelled` is set. `params` are the generation's whole, stop strings included: the input's
+        own stops join them in `model_input.sampling`, once, for the cache key too. With `on_text`, the text
+        is streamed to it piece by piece (from the engine's thread); with `lora`, under that adapter.
+        Blocking: call from a worker thread; other requests decode alongside.
 
         Raises ModelUnavailable, ContextOverflow or GenerationFailed.
         """
@@ -285,7 +285,6 @@ class ModelHolder:
             raise ContextOverflow(len(tokens), params.max_tokens, engine.n_ctx)
         if cancelled is not None and cancelled.is_set():  # gone while waiting for the model
             return Completion("", FinishReason.CANCELLED, len(tokens), 0, model_identity=opened.identity)
-        params = dataclasses.replace(params, stop=model_input.stops_with(params.stop))
         extra = {} if adapter is None or lora is None else {"lora": (adapter.path, lora.scale)}
         try:
             generated = engine.submit(

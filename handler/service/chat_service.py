@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -49,7 +48,8 @@ def complete(completion: Completion, params: SamplingParams) -> bool:
 
 @dataclass(frozen=True)
 class Keyed:
-    """A request's cache key, and what it was made of."""
+    """A request's cache key, and what it was made of: `params` are the generation's too (its stop strings
+    with the input's own), so the key and the generation cannot disagree."""
 
     key: str
     identity: str
@@ -134,6 +134,7 @@ class ChatService:
             model_input = known
         else:
             model_input = prompt
+        params = model_input.sampling(params)
         key = self._key(model_input, params, identity, lora, adapter)
         return Keyed(key, identity, model_input, params, lora, adapter)
 
@@ -146,8 +147,7 @@ class ChatService:
         adapter: str | None = None,
     ) -> str:
         """The same input is the same answer, whichever route sent it; under an adapter, only under the
-        same adapter file at the same scale."""
-        params = dataclasses.replace(params, stop=model_input.stops_with(params.stop))
+        same adapter file at the same scale. `params`: the generation's own (`Keyed.params`)."""
         adapted = None if lora is None or adapter is None else (adapter, lora.scale)
         return cache_key(identity, model_input.key_material(), params, self.settings.n_ctx, adapted)
 
@@ -160,7 +160,7 @@ class ChatService:
             slow = await run_in_threadpool(self.cache.get_slow, key)
             if slow is not None:
                 return Answer(*slow)
-        self.cache.misses += 1
+        self.cache.count_miss()
         return None
 
     def _store(self, key: Keyed, completion: Completion, policy: CachePolicy) -> None:
@@ -191,22 +191,23 @@ class ChatService:
             return cached
 
         def generate() -> Completion:
-            completion = self.model.complete(keyed.prompt, params, deadline, lora=lora)
+            completion = self.model.complete(keyed.prompt, keyed.params, deadline, lora=lora)
             self._store(keyed, completion, policy)
             return completion
 
-        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            completion, leader = await self.flights.run(keyed.key, generate, self._free_slots(), wait)
-        except Busy:
-            raise Busy(self.pending) from None  # flights and streams both count
-        except TimeoutError:  # the generation it joined runs past this request's own deadline
-            return Answer(Completion("", FinishReason.TIME_LIMIT, 0, 0), CacheSource.MISS, shared=True)
-        if not leader and completion.finish_reason in INCOMPLETE:
-            # What it joined was cut short by the deadline of the request that started it: this one
-            # makes its own answer, within its own deadline.
-            return Answer(await run_in_threadpool(generate), CacheSource.MISS)
-        return Answer(completion, CacheSource.MISS, shared=not leader)
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                completion, leader = await self.flights.run(keyed.key, generate, self._free_slots(), wait)
+            except Busy:
+                raise Busy(self.pending) from None  # flights and streams both count
+            except TimeoutError:  # the generation it joined runs past this request's own deadline
+                return Answer(Completion("", FinishReason.TIME_LIMIT, 0, 0), CacheSource.MISS, shared=True)
+            if leader or completion.finish_reason not in INCOMPLETE:
+                return Answer(completion, CacheSource.MISS, shared=not leader)
+            # What it joined was cut short by the deadline of the request that started it: this one makes
+            # its own answer, within its own deadline, as a generation like any other (counted against
+            # max_pending_generations, refused when they are all taken, joined by identical requests).
 
     async def stream(
         self,
@@ -232,7 +233,7 @@ class ChatService:
         def generate() -> None:
             try:
                 completion = self.model.complete(
-                    keyed.prompt, params, deadline, cancelled=stream.cancelled, on_text=stream.put_text, lora=lora
+                    keyed.prompt, keyed.params, deadline, cancelled=stream.cancelled, on_text=stream.put_text, lora=lora
                 )
                 self._store(keyed, completion, policy)
                 stream.finish(completion)

@@ -79,7 +79,7 @@ class EmbeddingService:
                 found.update(await run_in_threadpool(self._get_slow, slow))
         missing = {key: text for key, text in zip(keys, inputs, strict=True) if key not in found}
         if missing:
-            self.cache.misses += len(missing)
+            self.cache.count_miss(len(missing))
             texts = list(missing.values())
 
             def compute() -> list[Embedding]:
