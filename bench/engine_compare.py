@@ -246,17 +246,28 @@ def cpu_features(system_info: str) -> frozenset[str]:
     return frozenset(re.findall(r"(\w+) = 1", cpu))
 
 
-def check_same_build(llama_server: Server) -> frozenset[str]:
+def check_same_build(model: Path) -> frozenset[str]:
     """Refuses to compare against a llama-server built with other CPU flags than the service's llama.cpp
     (`make llama-server` builds it with the Makefile's LLAMA_CMAKE_ARGS, as `make install` builds the
-    service's); returns the features they share."""
+    service's); returns the features they share. llama-server prints its system info only at log
+    verbosity 4: a short run of its own, apart from the measured one, reads it."""
     service = subprocess.run(
         [sys.executable, "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    peer = next((line for line in llama_server.log.read_text(errors="replace").splitlines() if "CPU :" in line), "")
+    command = [str(LLAMA_SERVER), "-m", str(model), "-c", "512", "--host", "127.0.0.1", "--port", "0", "-lv", "4"]
+    peer = ""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                if "CPU :" in line:
+                    peer = line
+                    break
+        finally:
+            proc.kill()
     ours, theirs = cpu_features(service), cpu_features(peer)
     if ours != theirs:
         raise RuntimeError(
@@ -634,7 +645,7 @@ def main(argv: list[str] | None = None) -> None:
             kept(stack, start_service(SERVICE, PORTS[SERVICE], args.model, args.threads, width, True, logs)),
             kept(stack, start_llama_server(args.model, args.threads, width, n_batch, logs)),
         ]
-        features = check_same_build(servers[1])
+        features = check_same_build(args.model)
         print(f"service and llama-server both built with CPU features: {' '.join(sorted(features))}", flush=True)
         if not args.skip_peer_python:
             servers.append(kept(stack, start_peer_python(args.model, args.threads, n_batch, logs)))
