@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def test_chat_through_the_lambda_entry_point_in_a_fresh_process(model: tuple[str
         "from tests.conftest import FakeLambdaContext\n"
         "print(json.dumps(handler(json.load(sys.stdin), FakeLambdaContext())))\n"
     )
-    env = {**model_env(model, tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **model_env(model, tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", code], input=json.dumps(event), capture_output=True, text=True, env=env, cwd=ROOT
     )
