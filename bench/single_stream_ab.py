@@ -2,9 +2,12 @@
 request, to see where engine_compare.py's single-stream gap comes from. Needs `make llama-server` and
 the Gemma model (`make model MODEL=gemma`).
 
-    .venv/bin/python bench/single_stream_ab.py [--requests 40]
+    .venv/bin/python bench/single_stream_ab.py [--requests 40] [--spec] [--copy]
 
 Prints the median, min and max tokens per second (completion tokens over the whole request) of each.
+--spec adds llama-server with its own prompt-lookup speculation (`--spec-type ngram-simple
+--spec-draft-n-max 8`), its strongest configuration without a draft model; --copy asks for answers that
+quote their prompt (a paragraph to repeat), the workload such speculation is for.
 """
 
 from __future__ import annotations
@@ -22,10 +25,15 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
-SERVICE, PEER = 8891, 8892
+SERVICE, PEER, SPEC = 8891, 8892, 8893
+SPEC_ARGS = ["--spec-type", "ngram-simple", "--spec-draft-n-max", "8"]
+PARAGRAPH = (
+    "The lighthouse stood on the northern cliff for two hundred years. Every night its keeper climbed the "
+    "stairs, trimmed the wick and watched the ships pass safely along the rocky coast."
+)
 
 
-def start() -> list[subprocess.Popen[bytes]]:
+def start(spec: bool) -> list[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "CHAT_MODEL_PATH": str(MODEL),
@@ -44,7 +52,11 @@ def start() -> list[subprocess.Popen[bytes]]:
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     servers = [subprocess.Popen([sys.executable, "-m", "handler"], env=env, cwd=ROOT, **quiet)]
     servers.append(subprocess.Popen(peer, **quiet))
-    for port in (SERVICE, PEER):
+    if spec:
+        servers.append(
+            subprocess.Popen([*peer[: peer.index("--port")], "--port", str(SPEC), *peer[-3:], *SPEC_ARGS], **quiet)
+        )
+    for port in (SERVICE, PEER, SPEC) if spec else (SERVICE, PEER):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -85,15 +97,22 @@ def rate(port: int, stream: bool, prompt: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--spec", action="store_true", help="add llama-server with ngram-simple speculation")
+    parser.add_argument("--copy", action="store_true", help="answers that repeat a paragraph of the prompt")
     args = parser.parse_args()
     kinds = [("service, streamed", SERVICE, True), ("service, whole", SERVICE, False)]
     kinds += [("llama-server, streamed", PEER, True), ("llama-server, whole", PEER, False)]
+    if args.spec:
+        kinds += [("llama-server+spec, streamed", SPEC, True), ("llama-server+spec, whole", SPEC, False)]
     results: dict[str, list[float]] = {name: [] for name, _, _ in kinds}
-    servers = start()
+    servers = start(args.spec)
     try:
         for i in range(args.requests):
-            for name, port, stream in kinds[i % 4 :] + kinds[: i % 4]:  # who goes first rotates
-                prompt = f"Write one sentence about topic #{i}-{name}: the sea, in plain words."
+            for name, port, stream in kinds[i % len(kinds) :] + kinds[: i % len(kinds)]:  # who goes first rotates
+                if args.copy:  # the same request for every system within a round: their texts compare
+                    prompt = f"Note {i}. Repeat this paragraph exactly.\n\n{PARAGRAPH}\n\nRepeated:\n\n"
+                else:
+                    prompt = f"Write one sentence about topic #{i}-{name}: the sea, in plain words."
                 results[name].append(rate(port, stream, prompt))
     finally:
         for server in servers:
