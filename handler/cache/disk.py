@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from handler.cache.entry import Entry, decode, encode
+from handler.cache.entry import Entry, encode
 from handler.cache.outage import Outage
-from handler.cache.signing import EntrySigner
+from handler.cache.signing import EntrySigner, verified_entry
 from handler.core.types import CacheSource
 
 log = logging.getLogger(__name__)
@@ -136,10 +136,7 @@ class DiskTier:
             return None
         if raw is None:
             return None
-        payload = self._signer.open(key, raw) if isinstance(raw, bytes) else raw
-        if payload is None:
-            self.outage.untrusted(key)
-        entry = None if payload is None else decode(key, payload)
+        entry = verified_entry(self._signer, key, raw, self.outage)
         if entry is None or entry.expired(self._ttl):
             self.delete(key)  # unsigned, stale schema, damaged or expired: never served, and not kept
             return None

@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from handler.cache.entry import Entry, decode, encode
+from handler.cache.entry import Entry, encode
 from handler.cache.outage import Outage
-from handler.cache.signing import EntrySigner
+from handler.cache.signing import EntrySigner, verified_entry
 from handler.core.types import CacheSource
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,7 @@ class SharedTier:
             return None
         raw = item.get(ENTRY, {}).get("B")
         expires = item.get(EXPIRES, {}).get("N")
-        payload = self._signer.open(key, raw) if isinstance(raw, bytes) else raw
-        if payload is None:
-            self.outage.untrusted(key)
-        entry = None if payload is None else decode(key, payload)
+        entry = verified_entry(self._signer, key, raw, self.outage)
         # DynamoDB deletes expired items lazily (within days): the attribute is checked here too.
         if entry is None or expires is None or float(expires) <= time.time() or entry.expired(self._local_ttl):
             return None

@@ -14,6 +14,9 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
+from handler.cache.entry import Entry, decode
+from handler.cache.outage import Outage
+
 PREFIX = b"hmac-sha256:"
 _TAG_HEX = 64
 
@@ -44,6 +47,16 @@ class EntrySigner:
         # Every key is tried, so the time taken does not tell which one (or whether any) matched.
         matched = [hmac.compare_digest(tag, _tag(secret, key, raw)) for secret in self._keys]
         return raw if any(matched) else None
+
+
+def verified_entry(signer: EntrySigner, key: str, stored: object, outage: Outage) -> Entry | None:
+    """The entry a slow tier handed back for `key`, or None: not a current entry for it, or one that no
+    signing key vouches for (counted and logged by the tier's `outage`)."""
+    payload = signer.open(key, stored) if isinstance(stored, bytes) else stored
+    if payload is None:
+        outage.untrusted(key)
+        return None
+    return decode(key, payload)
 
 
 def _tag(secret: bytes, key: str, raw: bytes) -> str:
