@@ -3,34 +3,19 @@ head over the limit is refused, a head or a body that never finishes does not ke
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.service_process import service_process
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
     env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
         "CHAT_MODEL_PATH": str(tiny_model),
         "CHAT_MODEL_SHA256": "",  # clears the repository config's, which names the default model
         "CHAT_N_CTX": "512",
@@ -39,21 +24,8 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "CHAT_BODY_TIMEOUT_SECONDS": "1",
         "CHAT_LOG_LEVEL": "WARNING",
     }
-    process = subprocess.Popen([sys.executable, "-m", "handler"], env=env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.1)
+    with service_process(env) as (url, _):
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def raw(url: str, data: bytes) -> socket.socket:
