@@ -24,8 +24,8 @@ from handler.cache.response_cache import ResponseCache
 from handler.core.config import Settings
 from handler.core.types import ModelInput, SamplingParams
 from handler.engine.model import ModelHolder, load_engine
-from handler.engine.model_identity import DigestMemo
-from handler.engine.model_source import LocalSource
+from handler.engine.model_files.identity import DigestMemo
+from handler.engine.model_files.source import LocalSource
 from handler.service.prompts import template_input
 from tests.conftest import LiveServer, WrappedEngine
 from tests.tiny_gguf import write_tiny_gguf

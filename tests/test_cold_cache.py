@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from handler.core.config import Settings
-from handler.engine.file_digest import sha256_of
+from handler.engine.model_files.digest import sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -112,12 +112,12 @@ def test_a_base_prefix_is_not_reused_under_the_adapter(tiny_model: Path, adapter
 
 
 def test_an_adapter_llama_cpp_cannot_load_fails_only_its_request(scheduler: Scheduler, tmp_path: Path) -> None:
-    from handler.engine.contract import SchedulerLoadError
+    from handler.engine.contract import EngineLoadError
 
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     tokens = scheduler.tokenize("Hello", add_bos=True, special=True)
-    with pytest.raises(SchedulerLoadError):
+    with pytest.raises(EngineLoadError):
         scheduler.submit(tokens, params(), lora=(str(bad), 1.0)).result(timeout=30)
     assert scheduler.submit(tokens, params(4)).result(timeout=30).completion_tokens == 4
 
@@ -266,7 +266,7 @@ def test_a_stream_under_the_adapter_is_its_whole_answer(client: openai.OpenAI) -
 
 def test_an_s3_adapter_is_fetched_as_the_model_is(settings: Settings) -> None:
     from handler.engine.model import ModelHolder
-    from handler.engine.model_source import LocalSource, S3Source
+    from handler.engine.model_files.source import LocalSource, S3Source
 
     digest = "a" * 64
     holder = ModelHolder(

@@ -14,7 +14,7 @@ from moto import mock_aws
 from handler.app import create_app
 from handler.core.config import ConfigError, Settings, load_settings
 from handler.engine.model import ModelHolder
-from handler.engine.model_source import S3Source
+from handler.engine.model_files.source import S3Source
 from tests.conftest import FakeLambdaContext, lambda_body, lambda_event
 
 BUCKET, KEY = "models-bucket", "gguf/tiny.gguf"

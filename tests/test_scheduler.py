@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from handler.core.types import FinishReason, SamplingParams
-from handler.engine.scheduler import EngineSettings, Generated, Scheduler, SchedulerClosed, SchedulerLoadError
+from handler.engine.scheduler import EngineClosed, EngineLoadError, EngineSettings, Generated, Scheduler
 from tests.conftest import same_generation
 from tests.tiny_gguf import CONTEXT
 
@@ -380,14 +380,14 @@ def test_close_fails_waiting_work_and_refuses_more(engine: Factory) -> None:
             release.wait(0.2)
 
     running = scheduler.submit(tokens(scheduler, PROMPTS[0]), params(400), on_text=on_text)
-    with pytest.raises(SchedulerClosed):
+    with pytest.raises(EngineClosed):
         running.result(timeout=30)
-    with pytest.raises(SchedulerClosed):
+    with pytest.raises(EngineClosed):
         queued[0].result(timeout=30)
     scheduler.close()  # again: returns once the thread has freed everything
-    with pytest.raises(SchedulerClosed):
+    with pytest.raises(EngineClosed):
         scheduler.submit([1, 2, 3], params(10))
-    with pytest.raises(SchedulerClosed):  # the model is gone: its vocabulary too
+    with pytest.raises(EngineClosed):  # the model is gone: its vocabulary too
         tokens(scheduler, "Hello")
 
 
@@ -396,7 +396,7 @@ def test_load_failure_leaves_no_thread(tmp_path: Path) -> None:
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     before = {t.name for t in threading.enumerate()}
     for path in (tmp_path / "missing.gguf", bad):
-        with pytest.raises(SchedulerLoadError):
+        with pytest.raises(EngineLoadError):
             Scheduler.load(EngineSettings(str(path), 256, 64, 2, 1, 0, True))
     assert {t.name for t in threading.enumerate()} <= before
 
@@ -575,9 +575,9 @@ def test_close_fails_queued_embeddings(engine: Factory) -> None:
             release.wait(0.2)
 
     running = scheduler.submit(tokens(scheduler, PROMPTS[0]), params(400), on_text=on_text)
-    with pytest.raises(SchedulerClosed):
+    with pytest.raises(EngineClosed):
         running.result(timeout=30)
-    with pytest.raises(SchedulerClosed):
+    with pytest.raises(EngineClosed):
         queued[0].result(timeout=30)
-    with pytest.raises(SchedulerClosed):
+    with pytest.raises(EngineClosed):
         scheduler.embed([1, 2, 3])

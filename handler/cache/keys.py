@@ -1,6 +1,6 @@
 """Cache keys: a strong hash over a canonical encoding of everything that decides an answer.
 
-The model takes part through its identity (`handler.engine.model_source`), not its path.
+The model takes part through its identity (`handler.engine.model_files.source`), not its path.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from handler.engine.file_digest import sha256_of
-from handler.engine.model_identity import write_sidecar
+from handler.engine.model_files.digest import sha256_of
+from handler.engine.model_files.identity import write_sidecar
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 

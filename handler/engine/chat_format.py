@@ -19,7 +19,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from handler.core.errors import BadRequest
 from handler.core.types import ChatMessage, ModelInput, Segment
-from handler.engine.gguf_header import ChatMetadata
+from handler.engine.model_files.gguf_header import ChatMetadata
 
 
 class _IgnoreGenerationTags(jinja2.ext.Extension):

@@ -12,19 +12,19 @@ from typing import Protocol
 from handler.core.types import FinishReason, SamplingParams, TokenLogprob
 
 
-class SchedulerError(RuntimeError):
+class EngineError(RuntimeError):
     """Base of the scheduler's own errors."""
 
 
-class SchedulerLoadError(SchedulerError):
+class EngineLoadError(EngineError):
     """The model or its context could not be created; nothing was kept."""
 
 
-class SchedulerClosed(SchedulerError):
+class EngineClosed(EngineError):
     """The scheduler was closed (or stopped on a fault) before this work was done."""
 
 
-class DecodeError(SchedulerError):
+class DecodeError(EngineError):
     """llama_decode failed for a batch this sequence was in; other sequences go on."""
 
 
@@ -66,7 +66,7 @@ class Generated:
 
 
 @dataclass(frozen=True)
-class SchedulerStats:
+class EngineStats:
     """A snapshot for metrics and health."""
 
     slots: int
@@ -118,6 +118,6 @@ class Engine(Protocol):
         """One input's pooled vector, computed on the engine's thread between decoding steps."""
         ...
 
-    def stats(self) -> SchedulerStats: ...
+    def stats(self) -> EngineStats: ...
 
     def close(self) -> None: ...

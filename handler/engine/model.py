@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 from handler.core.config import Settings
 from handler.core.errors import BadRequest, ContextOverflow, GenerationFailed, InputTooLong, ModelUnavailable
 from handler.core.types import ChatPrompt, Completion, Embedding, FinishReason, Lora, ModelInput, SamplingParams
-from handler.engine.contract import Engine, EngineSettings, InvalidRequest, SchedulerError, SchedulerLoadError
-from handler.engine.gguf_header import ChatMetadata, read_chat_metadata
-from handler.engine.model_identity import DigestMemo
-from handler.engine.model_source import LocalSource, ModelSource, OpenedModel, S3Source, model_source
+from handler.engine.contract import Engine, EngineError, EngineLoadError, EngineSettings, InvalidRequest
+from handler.engine.model_files.gguf_header import ChatMetadata, read_chat_metadata
+from handler.engine.model_files.identity import DigestMemo
+from handler.engine.model_files.source import LocalSource, ModelSource, OpenedModel, S3Source, model_source
 
 if TYPE_CHECKING:
     from handler.engine.chat_format import ChatTemplate
@@ -163,7 +163,7 @@ class ModelHolder:
             opened.release()
             if isinstance(exc, ModelUnavailable):
                 raise
-            cause = str(exc) if isinstance(exc, SchedulerLoadError) else repr(exc)
+            cause = str(exc) if isinstance(exc, EngineLoadError) else repr(exc)
             raise ModelUnavailable(f"loading {self.settings.model_path} failed: {cause}") from exc
         old_engine, old_opened = self._engine, self._opened
         self._engine, self._opened = engine, opened
@@ -292,9 +292,9 @@ class ModelHolder:
             ).result()
         except InvalidRequest as exc:
             raise BadRequest(str(exc), param=exc.param) from None
-        except SchedulerLoadError as exc:
+        except EngineLoadError as exc:
             raise ModelUnavailable(f"LoRA adapter {lora.name if lora else ''} failed to load: {exc}") from exc
-        except (SchedulerError, ValueError, RuntimeError, OSError) as exc:
+        except (EngineError, ValueError, RuntimeError, OSError) as exc:
             raise GenerationFailed(f"llama.cpp generation failed: {exc!r}") from exc
         self.generations += 1
         return Completion(
@@ -330,7 +330,7 @@ class ModelHolder:
         try:
             futures = [engine.embed(tokens) for tokens in inputs]
             vectors = [future.result() for future in futures]
-        except (SchedulerError, ValueError, RuntimeError, OSError) as exc:
+        except (EngineError, ValueError, RuntimeError, OSError) as exc:
             raise GenerationFailed(f"llama.cpp embedding failed: {exc!r}") from exc
         return [
             Embedding(vector, len(tokens), model_identity=opened.identity)

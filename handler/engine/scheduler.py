@@ -57,12 +57,12 @@ import numpy.typing as npt
 from handler.core.types import FinishReason, SamplingParams, TokenLogprob
 from handler.engine.contract import (
     DecodeError,
+    EngineClosed,
+    EngineLoadError,
     EngineSettings,
+    EngineStats,
     Generated,
     InvalidRequest,
-    SchedulerClosed,
-    SchedulerLoadError,
-    SchedulerStats,
 )
 from handler.engine.embedding import EmbeddingContext, pooling_for
 from handler.engine.sampling import build_chain, check_sampling, log_softmax_top
@@ -83,11 +83,11 @@ def _check_gguf(path: str) -> None:
     """A readable cause before llama.cpp gives a vague one."""
     file = Path(path)
     if not file.is_file():
-        raise SchedulerLoadError(f"model file {path} does not exist")
+        raise EngineLoadError(f"model file {path} does not exist")
     with file.open("rb") as f:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
-        raise SchedulerLoadError(f"model file {path} is not a GGUF file (starts with {magic!r})")
+        raise EngineLoadError(f"model file {path} is not a GGUF file (starts with {magic!r})")
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -218,9 +218,9 @@ class Scheduler:
     @classmethod
     def load(cls, settings: EngineSettings) -> Scheduler:
         """Start the thread, load the model and create the context on it, and wait for that.
-        Raises SchedulerLoadError, with no thread left behind."""
+        Raises EngineLoadError, with no thread left behind."""
         if settings.n_parallel < 1 or settings.n_ctx < 1 or settings.n_batch < 1:
-            raise SchedulerLoadError(f"invalid engine settings: {settings}")
+            raise EngineLoadError(f"invalid engine settings: {settings}")
         scheduler = cls(settings)
         loaded: Future[None] = Future()
         thread = threading.Thread(target=scheduler._run, args=(loaded,), name="llama-scheduler", daemon=True)
@@ -230,13 +230,13 @@ class Scheduler:
             loaded.result()
         except BaseException as exc:
             thread.join()
-            if isinstance(exc, SchedulerLoadError):
+            if isinstance(exc, EngineLoadError):
                 raise
-            raise SchedulerLoadError(f"loading {settings.model_path} failed: {exc!r}") from exc
+            raise EngineLoadError(f"loading {settings.model_path} failed: {exc!r}") from exc
         return scheduler
 
     def close(self) -> None:
-        """Stop the thread; work not finished fails with SchedulerClosed; context and model are freed."""
+        """Stop the thread; work not finished fails with EngineClosed; context and model are freed."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -265,7 +265,7 @@ class Scheduler:
         model_params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if s.use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
         model = llama_cpp.llama_model_load_from_file(s.model_path.encode("utf-8"), model_params)
         if not model:
-            raise SchedulerLoadError(f"llama.cpp could not load {s.model_path}")
+            raise EngineLoadError(f"llama.cpp could not load {s.model_path}")
         self._model = model
         threads = s.n_threads if s.n_threads > 0 else usable_cores()
         n_batch = max(min(s.n_batch, s.n_ctx), s.n_parallel)  # every decoding sequence's token fits a step
@@ -283,7 +283,7 @@ class Scheduler:
         )
         ctx = llama_cpp.llama_init_from_model(model, params)
         if not ctx:
-            raise SchedulerLoadError(
+            raise EngineLoadError(
                 f"llama.cpp could not create a context (n_ctx {s.n_ctx}, n_parallel {s.n_parallel}) for {s.model_path}"
             )
         self._ctx = ctx
@@ -384,7 +384,7 @@ class Scheduler:
             self._incoming.clear()
             self._embeds.extend(self._embed_incoming)
             self._embed_incoming.clear()
-        error = SchedulerClosed("the model scheduler stopped" + (f": {fault!r}" if fault else ""))
+        error = EngineClosed("the model scheduler stopped" + (f": {fault!r}" if fault else ""))
         for seq in list(self._active):
             self._fail(seq, error)
         for request in self._waiting:
@@ -448,7 +448,7 @@ class Scheduler:
 
     def _live_vocab(self) -> Any:
         if self._vocab is None:
-            raise SchedulerClosed("the model scheduler is closed")
+            raise EngineClosed("the model scheduler is closed")
         return self._vocab
 
     def _piece(self, token: int, special: bool = False) -> bytes:
@@ -490,11 +490,11 @@ class Scheduler:
         with self._vocab_lock:
             return bytes(llama_cpp.llama_vocab_get_text(self._live_vocab(), token)).decode("utf-8", errors="replace")
 
-    def stats(self) -> SchedulerStats:
+    def stats(self) -> EngineStats:
         with self._cond:
             incoming = len(self._incoming)
         slots = list(self._slots)
-        return SchedulerStats(
+        return EngineStats(
             slots=len(slots),
             active=sum(1 for s in slots if s.seq is not None),
             waiting=incoming + len(self._waiting),
@@ -516,8 +516,8 @@ class Scheduler:
     ) -> Future[Generated]:
         """Queue one generation. `deadline` is a time.monotonic() value; `on_text` is called from the
         scheduler thread with each streamable piece; `lora`, a LoRA adapter file and its scale. Raises
-        ValueError for a request that can never fit, SchedulerClosed after close(); an adapter llama.cpp
-        cannot load fails the future with SchedulerLoadError."""
+        ValueError for a request that can never fit, EngineClosed after close(); an adapter llama.cpp
+        cannot load fails the future with EngineLoadError."""
         if not tokens:
             raise ValueError("the prompt has no tokens")
         if params.max_tokens < 1:
@@ -542,14 +542,14 @@ class Scheduler:
         )
         with self._cond:
             if self._closing:
-                raise SchedulerClosed("the model scheduler is closed")
+                raise EngineClosed("the model scheduler is closed")
             self._incoming.append(request)
             self._cond.notify()
         return future
 
     def embed(self, tokens: list[int]) -> Future[tuple[float, ...]]:
         """Queue one embedding input (tokenized with its BOS). Raises ValueError for an input longer
-        than `embedding_n_ctx` or empty, SchedulerClosed after close()."""
+        than `embedding_n_ctx` or empty, EngineClosed after close()."""
         if not tokens:
             raise ValueError("the input has no tokens")
         if len(tokens) > self._embed_size:
@@ -560,7 +560,7 @@ class Scheduler:
         future: Future[tuple[float, ...]] = Future()
         with self._cond:
             if self._closing:
-                raise SchedulerClosed("the model scheduler is closed")
+                raise EngineClosed("the model scheduler is closed")
             self._embed_incoming.append(_EmbedRequest(list(tokens), future))
             self._cond.notify()
         return future
@@ -663,7 +663,7 @@ class Scheduler:
         if adapter is None:
             adapter = llama_cpp.llama_adapter_lora_init(self._model, path.encode("utf-8"))
             if not adapter:
-                raise SchedulerLoadError(f"llama.cpp could not load the LoRA adapter {path} for this model")
+                raise EngineLoadError(f"llama.cpp could not load the LoRA adapter {path} for this model")
             self._adapters[path] = adapter
         return adapter
 
@@ -672,7 +672,7 @@ class Scheduler:
             if request.lora is not None:
                 self._adapter(request.lora[0])
             chain = build_chain(request.params, self._vocab, self._n_vocab)
-        except (InvalidRequest, SchedulerLoadError) as exc:
+        except (InvalidRequest, EngineLoadError) as exc:
             # InvalidRequest is checked at submit: only a llama.cpp that changed its mind gets here
             request.future.set_exception(exc)
             return

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from handler.core.errors import ModelUnavailable
-from handler.engine.file_digest import sha256_of
-from handler.engine.gguf_header import ChatMetadata, read_chat_metadata
+from handler.engine.model_files.digest import sha256_of
+from handler.engine.model_files.gguf_header import ChatMetadata, read_chat_metadata
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from typing import Any, Protocol
 
 from handler.core.config import Settings
 from handler.core.errors import ModelMismatch, ModelUnavailable
-from handler.engine.file_digest import sha256_of
-from handler.engine.gguf_header import ChatMetadata
-from handler.engine.model_identity import DigestMemo, FileVersion
+from handler.engine.model_files.digest import sha256_of
+from handler.engine.model_files.gguf_header import ChatMetadata
+from handler.engine.model_files.identity import DigestMemo, FileVersion
 
 log = logging.getLogger(__name__)
 
