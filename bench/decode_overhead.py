@@ -53,9 +53,9 @@ elif layer.startswith("holder"):
     from handler.engine.model import ModelHolder
     settings = Settings(model_path=model, n_gpu_layers=0, n_threads=threads, cache_dir=None, stop=[])
     holder = ModelHolder(settings)
-    params = settings.sampling(tokens)
+    params = settings.sampling_params(tokens)
     def generate(i):
-        return holder.complete(ModelInput.text(f"{prompt} {i}", special=True), params).completion_tokens
+        return holder.generate(ModelInput.text(f"{prompt} {i}", special=True), params).completion_tokens
 elif layer == "service-burst":
     import httpx
     from handler.app import create_app

@@ -21,6 +21,7 @@ from handler.observability.logs import configure_logging
 from handler.observability.metrics import PrometheusMetrics, make_metrics
 from handler.service.chat_service import ChatService
 from handler.service.embedding_service import EmbeddingService
+from handler.service.served_models import ServedModels
 
 
 @asynccontextmanager
@@ -47,8 +48,9 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     app.state.settings = settings
     app.state.model = model or ModelHolder(settings)
     cache = ResponseCache.from_settings(settings)
-    app.state.chat = ChatService(settings, app.state.model, cache)
-    app.state.embeddings = EmbeddingService(settings, app.state.model, cache)
+    app.state.served = ServedModels(settings, app.state.model)
+    app.state.chat = ChatService(settings, app.state.served, cache)
+    app.state.embeddings = EmbeddingService(settings, app.state.served, cache)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds)
     app.add_middleware(ApiKeyMiddleware, keys=ApiKeys(settings))

@@ -83,7 +83,7 @@ def test_keys_from_an_aws_secret_and_recovery_when_it_appears(settings: Settings
         assert http.post("/chat", json={"prompt": "hi"}, headers={"X-API-Key": OTHER}).status_code == 401
 
 
-FULL_HEALTH = {"status", "model", "cache"}
+FULL_HEALTH = {"status", "model", "engine", "cache"}
 
 
 @pytest.mark.parametrize(

@@ -202,7 +202,7 @@ def test_the_key_and_the_generation_see_the_same_stop_strings(settings: Settings
         return engines[-1]
 
     service = create_app(settings, model=ModelHolder(settings, loader=loader)).state.chat
-    params = service.sampling(24)
+    params = service.params_for(24)
     whole = asyncio.run(service.answer(ModelInput.text("a story"), params, CachePolicy(store=False))).completion.text
     # One ASCII character: the text leaves out bytes that do not decode, which a longer stop could span.
     stop = next((c for c in whole[1:] if c.isascii() and c.isalnum()), None)
@@ -270,7 +270,7 @@ def test_corrupt_cache_database_is_moved_aside_and_answers_stay_right(
 def _key_for(app: FastAPI, prompt: str, max_tokens: int) -> str:
     service = app.state.chat
     identity = service.model.source.identity()
-    return service._key(template_input(service.settings, prompt), service.sampling(max_tokens), identity)
+    return service._key(template_input(service.settings, prompt), service.params_for(max_tokens), identity)
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,7 @@ def test_a_request_that_joins_a_generation_keeps_its_own_deadline(settings: Sett
 
     app = slow_app(settings, generation_timeout_seconds=None)
     service = app.state.chat
-    prompt, params = ModelInput.text("a long story"), service.sampling(60)
+    prompt, params = ModelInput.text("a long story"), service.params_for(60)
 
     async def together(first: float | None, second: float | None) -> list[Any]:
         now = time.monotonic()
@@ -143,7 +143,7 @@ def test_a_stream_given_up_before_its_first_piece_stops_its_generation(settings:
 
     async def give_up() -> None:
         task = asyncio.create_task(
-            service.stream(ModelInput.text("a long story"), service.sampling(300), CachePolicy())
+            service.stream(ModelInput.text("a long story"), service.params_for(300), CachePolicy())
         )
         await asyncio.sleep(0.1)
         task.cancel()
@@ -169,7 +169,7 @@ def test_a_request_that_makes_its_own_answer_after_a_cut_short_one_counts_agains
 
     app = slow_app(settings, generation_timeout_seconds=None, max_pending_generations=1)
     service = app.state.chat
-    prompt, params = ModelInput.text("a long story"), service.sampling(60)
+    prompt, params = ModelInput.text("a long story"), service.params_for(60)
 
     async def cut_then_own() -> tuple[Any, int, bool]:
         now = time.monotonic()

@@ -40,11 +40,11 @@ def test_64_concurrent_clients_get_right_answers_or_429(settings: Settings) -> N
     ]
     reference_model = ModelHolder(settings)
     app = create_app(settings, model=ModelHolder(settings, loader=lambda s: SteadyEngine(load_engine(s))))
-    app_params = app.state.chat.sampling(MAX_TOKENS)
+    app_params = app.state.chat.params_for(MAX_TOKENS)
 
     def reference(prompt: str) -> str:
         model_input = template_input(settings, prompt)
-        return reference_model.complete(model_input, model_input.sampling(app_params)).text.strip()
+        return reference_model.generate(model_input, model_input.with_stops(app_params)).text.strip()
 
     expected = {p: reference(p) for p in {p for row in plan for p in row}}
 

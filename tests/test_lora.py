@@ -253,7 +253,7 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
 
 
 def test_the_app_without_adapters_is_unchanged(app: FastAPI) -> None:
-    assert app.state.chat.models() == ["tiny"]
+    assert app.state.served.ids() == ["tiny"]
 
 
 def test_a_stream_under_the_adapter_is_its_whole_answer(client: openai.OpenAI) -> None:

@@ -48,6 +48,26 @@ def test_prometheus_metrics_count_what_happened(settings: Settings, access_log: 
     assert got[("chat_tokens_total", (("kind", "completion"),))] == sum(line["completion_tokens"] for line in logged)
 
 
+def test_metrics_and_health_show_the_same_engine_gauges(settings: Settings) -> None:
+    with LiveServer(create_app(settings.model_copy(update={"metrics": "prometheus"}))) as server:
+        before = samples(httpx.get(f"{server.url}/metrics").text)
+        assert httpx.get(f"{server.url}/health").json()["engine"] is None
+        assert not any(name.startswith("chat_engine_") for name, _ in before)  # nothing loaded, nothing to show
+        shared = "a question that shares its opening words with the next one, " * 4
+        for ending in ("first", "second"):
+            body = {"model": "tiny", "prompt": shared + ending, "max_tokens": 3}
+            assert httpx.post(f"{server.url}/v1/completions", json=body).status_code == 200
+        got = samples(httpx.get(f"{server.url}/metrics").text)
+        engine = httpx.get(f"{server.url}/health").json()["engine"]
+    assert engine["running"] == 0 and engine["waiting"] == 0 and engine["kv_cells_reserved"] == 0
+    assert engine["kv_cells"] >= settings.n_ctx and engine["slots"] == settings.n_parallel
+    assert engine["prompt_tokens_reused"] > 10  # the second prompt reused the first one's prefix
+    assert got[("chat_engine_prompt_tokens_reused_total", ())] == engine["prompt_tokens_reused"]
+    assert got[("chat_engine_kv_cells", ())] == engine["kv_cells"]
+    assert got[("chat_engine_kv_cells_cached", ())] == engine["kv_cells_cached"] > 0
+    assert got[("chat_engine_sequences_running", ())] == 0
+
+
 def test_the_request_line_says_when_the_model_loaded_and_how_fast_it_generated(
     settings: Settings, access_log: io.StringIO
 ) -> None:

@@ -194,9 +194,9 @@ def test_work_on_a_replaced_model_finishes_before_its_engine_is_freed(
         return engines[-1]
 
     holder = ModelHolder(run, loader=loader)
-    params = run.sampling(60)
+    params = run.sampling_params(60)
     with ThreadPoolExecutor(2) as pool:
-        long = pool.submit(holder.complete, ModelInput.text("a long story"), params)
+        long = pool.submit(holder.generate, ModelInput.text("a long story"), params)
         embeddings = pool.submit(holder.embed, [f"text {i}" for i in range(200)])
         while not engines or engines[0].tokens == 0:  # the generation has started on the first engine
             time.sleep(0.01)

@@ -429,7 +429,7 @@ def test_grammar_and_logit_bias_follow_create_completion(engine: Factory, refere
 def test_a_schema_grammar_holds_each_answer_mid_batch(engine: Factory, tiny_model: Path) -> None:
     import json
 
-    from handler.engine.model import json_grammar
+    from handler.engine.grammar import json_grammar
 
     schema = {
         "type": "object",

@@ -241,7 +241,7 @@ def test_a_json_schema_without_a_schema_is_any_json_object(http: httpx.Client) -
 
 PLAIN_PROCESS = r"""
 import asyncio, json, sys
-from handler.api.openai import sampling
+from handler.api.openai import request_params
 from handler.api.openai_schemas import ChatCompletionRequest
 from handler.app import create_app
 from handler.core.config import Settings
@@ -249,10 +249,10 @@ service = create_app(Settings(model_path=sys.argv[1], cache_dir=None)).state.cha
 plain = ChatCompletionRequest.model_validate(
     {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "logprobs": True, "logit_bias": {"5": 1}}
 )
-asyncio.run(sampling(service, plain, None))
+asyncio.run(request_params(service, plain, None))
 after_plain = "llama_cpp" in sys.modules
 structured = ChatCompletionRequest.model_validate({**plain.model_dump(exclude_none=True), "response_format": {"type": "json_object"}})
-params = asyncio.run(sampling(service, structured, None))
+params = asyncio.run(request_params(service, structured, None))
 print(json.dumps({"after_plain": after_plain, "after_structured": "llama_cpp" in sys.modules, "grammar": params.grammar}))
 """
 

@@ -37,9 +37,9 @@ router = APIRouter()
     },
 )
 async def chat(body: ChatRequest, request: Request, response: Response, service: ChatServiceDep) -> ChatResponse:
-    lora = service.lora_for(body.model)
+    lora = service.served.lora_for(body.model)
     service.check_prompt(body.prompt)
-    params = service.sampling(body.max_tokens)
+    params = service.params_for(body.max_tokens)
     policy = cache_policy(request.headers.get("cache-control"), body.cache)
     deadline = service.deadline(remaining_ms(request))
     answer = await service.answer(chat_input(service.settings, body.prompt), params, policy, deadline, lora)

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from handler.service.chat_service import ChatService
+from handler.service.served_models import ServedModels
 
 
 async def get_chat_service(request: Request) -> ChatService:
@@ -19,6 +20,14 @@ async def get_chat_service(request: Request) -> ChatService:
 
 
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
+
+
+async def get_served_models(request: Request) -> ServedModels:
+    served: ServedModels = request.app.state.served
+    return served
+
+
+ServedModelsDep = Annotated[ServedModels, Depends(get_served_models)]
 
 
 async def get_authenticated(request: Request) -> bool:

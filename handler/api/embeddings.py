@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from handler.api.deps import ChatServiceDep
+from handler.api.deps import ServedModelsDep
 from handler.api.openai import ERRORS
 from handler.api.openai_schemas import Text
 from handler.cache.policy import CacheMode, cache_policy
@@ -83,13 +83,13 @@ async def embeddings(
     body: EmbeddingRequest,
     request: Request,
     response: Response,
-    chat: ChatServiceDep,
+    served: ServedModelsDep,
     service: EmbeddingServiceDep,
 ) -> EmbeddingResponse:
     """The pooled vector of each input (`embedding_pooling`, `embedding_normalize` in config)."""
-    if chat.lora_for(body.model) is not None:
+    if served.lora_for(body.model) is not None:
         raise BadRequest(
-            f"Embeddings come from the model alone, `{chat.settings.served_model}`, not from a LoRA adapter.",
+            f"Embeddings come from the model alone, `{served.settings.served_model}`, not from a LoRA adapter.",
             param="model",
         )
     inputs = body.inputs()
@@ -114,4 +114,4 @@ async def embeddings(
         for index, e in enumerate(embedded.embeddings)
     ]
     usage = EmbeddingUsage(prompt_tokens=embedded.prompt_tokens, total_tokens=embedded.prompt_tokens)
-    return EmbeddingResponse(data=data, model=chat.settings.served_model, usage=usage)
+    return EmbeddingResponse(data=data, model=served.settings.served_model, usage=usage)

@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from handler.api.common import log_answer, remaining_ms
-from handler.api.deps import ChatServiceDep
+from handler.api.deps import ChatServiceDep, ServedModelsDep
 from handler.api.openai_schemas import (
     AssistantMessage,
     ChatChoice,
@@ -39,7 +39,7 @@ from handler.api.schemas import ErrorResponse
 from handler.api.sse import ChunkBuilder, events, sse_response
 from handler.cache.policy import cache_policy
 from handler.core.types import ChatMessage, ChatPrompt, Completion, FinishReason, Lora, Prompt, SamplingParams
-from handler.engine.model import json_grammar
+from handler.engine.grammar import json_grammar
 from handler.service.chat_service import ChatService
 from handler.service.prompts import chat_prompt, completion_input
 
@@ -57,21 +57,21 @@ R = TypeVar("R")
 
 
 @router.get("/models", response_model=ModelList)
-async def list_models(service: ChatServiceDep) -> ModelList:
+async def list_models(served: ServedModelsDep) -> ModelList:
     """The model, then `<model>:<adapter>` for each configured LoRA adapter."""
-    return ModelList(data=[ModelCard(id=model, created=STARTED) for model in service.models()])
+    return ModelList(data=[ModelCard(id=model, created=STARTED) for model in served.ids()])
 
 
 @router.get("/models/{model_id:path}", response_model=ModelCard, responses={404: ERRORS[404]})
-async def get_model(model_id: str, service: ChatServiceDep) -> ModelCard:
-    service.lora_for(model_id)
+async def get_model(model_id: str, served: ServedModelsDep) -> ModelCard:
+    served.lora_for(model_id)
     return ModelCard(id=model_id, created=STARTED)
 
 
-async def sampling(service: ChatService, body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
+async def request_params(service: ChatService, body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
     """The request's own values over the service's defaults; its stop strings replace config's."""
     body.unsupported()
-    params = service.sampling(max_tokens)
+    params = service.params_for(max_tokens)
     logprobs = body.logprobs_asked()
     structured, schema = body.structured_schema()
     # The converter imports llama_cpp (once, on a thread: it loads the library); plain requests never do.
@@ -212,9 +212,9 @@ async def completions(
 ) -> CompletionResponse | StreamingResponse:
     """A raw completion of `prompt`: no system prompt, no template, only the request's stop strings."""
     assert isinstance(body.prompt, str)  # the validator made it one string
-    lora = service.lora_for(body.model, body.lora_scale)
+    lora = service.served.lora_for(body.model, body.lora_scale)
     service.check_prompt(body.prompt)
-    params = await sampling(service, body, body.max_tokens)
+    params = await request_params(service, body, body.max_tokens)
     rid, created, model = response_id(request, "cmpl"), int(time.time()), body.model
     prompt_text = body.prompt
 
@@ -254,11 +254,11 @@ async def chat_completions(
 ) -> ChatCompletionResponse | StreamingResponse:
     """Messages formatted by the model's own chat template (GGUF metadata), or by the config's
     System/Human/Assistant template when the model has none."""
-    lora = service.lora_for(body.model, body.lora_scale)
+    lora = service.served.lora_for(body.model, body.lora_scale)
     messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
     prompt = chat_prompt(service.settings, messages)
     service.check_prompt((prompt.fallback if isinstance(prompt, ChatPrompt) else prompt).full_text)
-    params = await sampling(service, body, body.max_completion_tokens or body.max_tokens)
+    params = await request_params(service, body, body.max_completion_tokens or body.max_tokens)
     rid, created, model = response_id(request, "chatcmpl"), int(time.time()), body.model
 
     def build(completion: Completion) -> ChatCompletionResponse:

@@ -62,6 +62,18 @@ class ModelStatus(BaseModel):
     generations: int
 
 
+class EngineStatus(BaseModel):
+    """The engine's gauges once the model is loaded."""
+
+    slots: int = Field(description="Sequences the engine decodes together (`n_parallel`).")
+    running: int = Field(description="Sequences admitted and not finished.")
+    waiting: int = Field(description="Requests submitted and not admitted yet.")
+    kv_cells: int = Field(description="KV cells in the pool.")
+    kv_cells_reserved: int = Field(description="KV cells the running sequences may fill (prompt and max_tokens).")
+    kv_cells_cached: int = Field(description="KV cells idle slots keep for prefix reuse.")
+    prompt_tokens_reused: int = Field(description="Prompt tokens not decoded thanks to a cached prefix, in all.")
+
+
 class HealthStatus(BaseModel):
     """What `/health` tells a caller without a valid key when API keys are configured."""
 
@@ -72,4 +84,5 @@ class HealthResponse(HealthStatus):
     """What `/health` tells a caller with a valid key, or anyone when no API keys are configured."""
 
     model: ModelStatus
+    engine: EngineStatus | None = Field(None, description="null before the model is loaded.")
     cache: dict[str, Any] = Field(description="Hits per tier, misses, entries and bytes on disk.")

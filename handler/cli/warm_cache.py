@@ -25,6 +25,7 @@ from handler.core.types import CacheSource
 from handler.engine.model import ModelHolder
 from handler.service.chat_service import ChatService
 from handler.service.prompts import chat_input
+from handler.service.served_models import ServedModels
 
 
 def read_prompts(path: Path, default_max_tokens: int | None) -> list[tuple[str, int | None]]:
@@ -48,7 +49,7 @@ async def warm(service: ChatService, prompts: list[tuple[str, int | None]]) -> C
     for prompt, max_tokens in tqdm(prompts, desc="warming cache", unit="prompt"):
         try:
             answer = await service.answer(
-                chat_input(service.settings, prompt), service.sampling(max_tokens), CachePolicy()
+                chat_input(service.settings, prompt), service.params_for(max_tokens), CachePolicy()
             )
             outcomes[answer.source.value] += 1
         except ServiceError as exc:
@@ -70,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.cache_dir:
         print("cache_dir is not set: there is no disk cache to warm", file=sys.stderr)
         return 2
-    service = ChatService(settings, ModelHolder(settings), ResponseCache.from_settings(settings))
+    service = ChatService(
+        settings, ServedModels(settings, ModelHolder(settings)), ResponseCache.from_settings(settings)
+    )
     outcomes = asyncio.run(warm(service, read_prompts(args.prompts, args.max_tokens)))
     stats = service.cache.stats().get("disk", {})
     print(

@@ -139,10 +139,32 @@ class Settings(BaseModel):
     temperature: float = Field(
         0.0, ge=0.0, le=2.0, description="0 is greedy: deterministic, so a cached answer is the answer."
     )
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=0)
-    min_p: float = Field(0.05, ge=0.0, le=1.0)
-    repeat_penalty: float = Field(1.0, gt=0.0)
+    top_p: float = Field(
+        0.95,
+        gt=0.0,
+        le=1.0,
+        description="Top-p (nucleus) sampling above temperature 0: only the most likely tokens whose probabilities "
+        "add up to top_p are drawn from; 1 keeps all. A /v1 request may send its own.",
+    )
+    top_k: int = Field(
+        40,
+        ge=0,
+        description="Top-k sampling above temperature 0: only the k most likely tokens are drawn from; 0 keeps all. "
+        "A /v1 request may send its own.",
+    )
+    min_p: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Min-p sampling above temperature 0: tokens less likely than min_p times the most likely one "
+        "are dropped; 0 keeps all. A /v1 request may send its own.",
+    )
+    repeat_penalty: float = Field(
+        1.0,
+        gt=0.0,
+        description="Penalty on tokens among the last 64, at every temperature (greedy too); 1.0 is none. "
+        "A /v1 request may send its own.",
+    )
     seed: int = Field(0, ge=0, description="Sampling seed, for temperature above 0.")
 
     # Response cache
@@ -225,7 +247,11 @@ class Settings(BaseModel):
     )
 
     # Service
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO",
+        description="Lowest level of the JSON log lines written to stdout. The one line per request is INFO: "
+        "WARNING or ERROR drops it, and with it the EMF metrics it carries in a function.",
+    )
     metrics: Literal["auto", "emf", "prometheus", "off"] = Field(
         "auto", description="auto: CloudWatch EMF in the log line inside AWS Lambda, Prometheus /metrics elsewhere."
     )
@@ -253,7 +279,7 @@ class Settings(BaseModel):
             raise ValueError("must contain {prompt}")
         return template
 
-    def sampling(self, max_tokens: int) -> SamplingParams:
+    def sampling_params(self, max_tokens: int) -> SamplingParams:
         """The configured sampling, for `max_tokens` tokens; the stop strings come with the prompt's format."""
         return SamplingParams(
             max_tokens=max_tokens,

@@ -136,7 +136,7 @@ class ModelInput:
     def full_text(self) -> str:
         return "".join(segment.text for segment in self.segments)
 
-    def sampling(self, requested: SamplingParams) -> SamplingParams:
+    def with_stops(self, requested: SamplingParams) -> SamplingParams:
         """The parameters a generation of this input runs with and its cache key is made of, decided here
         once for both: the request's stop strings, then this input's own, each once (one spelling per
         meaning: stopping at a string twice is stopping at it)."""
@@ -144,7 +144,7 @@ class ModelInput:
         return requested if stops == requested.stop else replace(requested, stop=stops)
 
     def key_material(self) -> str:
-        """The text as the model sees it; the stops join the key through `sampling`."""
+        """The text as the model sees it; the stops join the key through `with_stops`."""
         return json.dumps(
             {"segments": [[s.text, s.special] for s in self.segments], "add_bos": self.add_bos},
             ensure_ascii=False,

@@ -4,40 +4,29 @@ together on a thread of its own.
 
 Loads are serialized: requests that arrive together before the model is loaded wait, the first
 loads it, the rest find it loaded. A failed load leaves nothing behind, so the next request tries
-again instead of the container staying broken. Importing this module imports neither llama.cpp
-nor the chat template engine: a cold start pays for them only when a request needs them.
+again instead of the container staying broken. Importing this module does not import llama.cpp:
+a cold start pays for it only when a request needs the model.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from handler.core.config import Settings
 from handler.core.errors import BadRequest, ContextOverflow, GenerationFailed, InputTooLong, ModelUnavailable
-from handler.core.types import ChatPrompt, Completion, Embedding, FinishReason, Lora, ModelInput, SamplingParams
+from handler.core.types import Completion, Embedding, FinishReason, Lora, ModelInput, SamplingParams
 from handler.engine.contract import Engine, EngineError, EngineLoadError, EngineSettings, InvalidRequest
-from handler.engine.model_files.gguf_header import ChatMetadata, read_chat_metadata
 from handler.engine.model_files.identity import DigestMemo
 from handler.engine.model_files.source import LocalSource, ModelSource, OpenedModel, S3Source, model_source
-
-if TYPE_CHECKING:
-    from handler.engine.chat_format import ChatTemplate
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[EngineSettings], Engine]
-# llama-cpp-python's converter lets a JSON string hold raw control characters, which JSON forbids (a parser
-# refuses them): its string character rule, and the one llama.cpp's own converter and JSON_GBNF use.
-LOOSE_STRING_CHAR = 'char ::= [^"\\\\] |'
-STRICT_STRING_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 
 
 def load_engine(settings: EngineSettings) -> Engine:
@@ -72,7 +61,7 @@ def engine_settings(settings: Settings, model_path: str) -> EngineSettings:
 
 
 class ModelHolder:
-    """Owns the model of one container; `complete` blocks its caller (a worker thread) while the
+    """Owns the model of one container; `generate` blocks its caller (a worker thread) while the
     engine's own thread does the work."""
 
     def __init__(self, settings: Settings, loader: Loader = load_engine, source: ModelSource | None = None) -> None:
@@ -83,7 +72,6 @@ class ModelHolder:
         self._leases = _Leases()  # callers using each engine: a replaced one is freed after the last
         self._engine: Engine | None = None
         self._opened: OpenedModel | None = None
-        self._templates: dict[str, ChatTemplate | None] = {}  # by model identity; None: it has none
         self.adapter_sources = {name: adapter_source(settings, name) for name in settings.lora_adapters}
         self._adapters: dict[str, OpenedModel] = {}  # opened on first use, held for the container's life
         self._adapters_lock = threading.Lock()
@@ -103,6 +91,11 @@ class ModelHolder:
     @property
     def engine(self) -> Engine | None:
         return self._engine
+
+    @property
+    def opened(self) -> OpenedModel | None:
+        """The file the loaded engine runs; None before it is loaded."""
+        return self._opened
 
     def known_identity(self) -> str | None:
         """The identity of the model at the source when it is known without blocking (at most a stat)."""
@@ -211,39 +204,9 @@ class ModelHolder:
                 self._adapters[name] = opened
             return opened
 
-    # ---- chat templates ------------------------------------------------------------------------
-
-    def _chat_template(self, identity: str) -> ChatTemplate | None:
-        """The compiled chat template of the model `identity` names (None: it has none), read from the
-        file's header once per model (the loaded file itself when it is that model). Blocking."""
-        if identity not in self._templates:
-            opened = self._opened
-            if opened is not None and opened.identity == identity:
-                self._templates[identity] = _compile(read_chat_metadata(opened.path))
-                return self._templates[identity]
-            try:
-                metadata = self.source.known_chat(identity) or read_chat_metadata(self.source.header_path())
-            except ModelUnavailable:
-                if opened is None:
-                    raise
-                # The file there now is not a model: the loaded one answers meanwhile, with its template.
-                return self._chat_template(opened.identity)
-            self._templates[identity] = _compile(metadata)
-        return self._templates[identity]
-
-    def known_chat_input(self, prompt: ChatPrompt, identity: str) -> ModelInput | None:
-        """The model input for chat messages when the model's template is at hand; None otherwise."""
-        if identity not in self._templates:
-            return None
-        return _render(prompt, self._templates[identity])
-
-    def chat_input(self, prompt: ChatPrompt, identity: str) -> ModelInput:
-        """Chat messages formatted by the model's own template, or the config template's prompt. Blocking."""
-        return _render(prompt, self._chat_template(identity))
-
     # ---- generating ----------------------------------------------------------------------------
 
-    def complete(
+    def generate(
         self,
         model_input: ModelInput,
         params: SamplingParams,
@@ -255,7 +218,7 @@ class ModelHolder:
     ) -> Completion:
         """Generate one answer, stopping at `deadline` (time.monotonic()) with finish_reason time_limit,
         or once `cancelled` is set. `params` are the generation's whole, stop strings included: the input's
-        own stops join them in `model_input.sampling`, once, for the cache key too. With `on_text`, the text
+        own stops join them in `model_input.with_stops`, once, for the cache key too. With `on_text`, the text
         is streamed to it piece by piece (from the engine's thread); with `lora`, under that adapter.
         Blocking: call from a worker thread; other requests decode alongside.
 
@@ -263,11 +226,11 @@ class ModelHolder:
         """
         adapter = self._adapter(lora.name) if lora is not None else None
         with self._use() as (engine, opened, load_seconds):
-            return self._complete(
+            return self._generate(
                 engine, opened, load_seconds, model_input, params, deadline, cancelled, on_text, lora, adapter
             )
 
-    def _complete(
+    def _generate(
         self,
         engine: Engine,
         opened: OpenedModel,
@@ -352,45 +315,6 @@ class ModelHolder:
                 return [engine.token_piece(token) for token in tokens]
             except InvalidRequest as exc:
                 raise BadRequest(str(exc), param=exc.param) from None
-
-
-def json_grammar(schema: dict[str, Any] | None) -> str:
-    """The llama.cpp grammar for structured output: any JSON object (llama-cpp-python's JSON_GBNF, which it
-    uses for `json_object`), or the JSON `schema` describes, by llama-cpp-python's converter. Imports
-    llama_cpp: only a request that asks for structured output calls it.
-    Raises BadRequest (param `response_format`) with the converter's message for a schema it cannot handle."""
-    if schema is None:
-        from llama_cpp import llama_grammar
-
-        return str(llama_grammar.JSON_GBNF)
-    return _schema_grammar(json.dumps(schema, sort_keys=False, ensure_ascii=False))
-
-
-@functools.lru_cache(maxsize=64)  # a client sends the same schema again and again
-def _schema_grammar(schema: str) -> str:
-    from llama_cpp import llama_grammar
-
-    try:
-        grammar = str(llama_grammar.json_schema_to_gbnf(schema))
-    # the converter fails with whatever a malformed part makes it meet; -O turns its asserts into KeyErrors
-    except (ValueError, AssertionError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as exc:
-        message = (str(exc) or type(exc).__name__).replace(" (use --allow-fetch for force)", "")  # a CLI's hint
-        raise BadRequest(
-            f"The JSON schema in response_format cannot be turned into a grammar: {message}", param="response_format"
-        ) from None
-    return grammar.replace(LOOSE_STRING_CHAR, STRICT_STRING_CHAR)
-
-
-def _compile(metadata: ChatMetadata) -> ChatTemplate | None:
-    if not metadata.template:
-        return None
-    from handler.engine.chat_format import ChatTemplate  # jinja2, only for models that have a template
-
-    return ChatTemplate(metadata, metadata.template)
-
-
-def _render(prompt: ChatPrompt, template: ChatTemplate | None) -> ModelInput:
-    return prompt.fallback if template is None else template.render(prompt.messages)
 
 
 def tokenize(engine: Engine, model_input: ModelInput) -> list[int]:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 if TYPE_CHECKING:
     from handler.service.chat_service import ChatService
+    from handler.service.stats import ServiceStats
 
 NAMESPACE = "LLMChatService"
 ANSWER_ROUTES = ("/chat", "/v1/completions", "/v1/chat/completions", "/v1/embeddings")
@@ -49,7 +51,7 @@ class CacheFaults:
         self._seen = 0
 
     def since_last(self) -> int:
-        total = self.service.cache.faults
+        total = self.service.cache_faults
         new, self._seen = total - self._seen, total
         return new
 
@@ -88,7 +90,6 @@ class PrometheusMetrics:
 
     def __init__(self, service: ChatService) -> None:
         import prometheus_client as prom
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         self._prom = prom
         self.registry = prom.CollectorRegistry()  # one per app: tests and embedders make several
@@ -109,29 +110,7 @@ class PrometheusMetrics:
             """What the service holds right now, read at scrape time."""
 
             def collect(self) -> Any:
-                cache, model = service.cache, service.model
-                hits = CounterMetricFamily("chat_cache_hits", "Answers served from each cache tier", labels=["tier"])
-                for tier in cache.tiers:
-                    hits.add_metric([tier.name], tier.hits)
-                yield hits
-                yield CounterMetricFamily(
-                    "chat_cache_misses", "Requests the cache could not answer", value=cache.misses
-                )
-                faults = CounterMetricFamily(
-                    "chat_cache_faults", "Cache tier faults (degraded to the others)", labels=["tier"]
-                )
-                for tier in cache.tiers:
-                    if tier.outage is not None:
-                        faults.add_metric([tier.name], tier.outage.faults)
-                yield faults
-                yield GaugeMetricFamily("chat_model_loaded", "1 once the model is loaded", value=int(model.loaded))
-                yield GaugeMetricFamily(
-                    "chat_model_load_seconds", "How long the model took to load", value=model.load_seconds or 0.0
-                )
-                yield CounterMetricFamily("chat_generations", "Generations run", value=model.generations)
-                yield GaugeMetricFamily(
-                    "chat_pending_generations", "Distinct generations queued or running", value=service.pending
-                )
+                yield from state_metrics(service.stats())
 
         self.registry.register(StateCollector())
 
@@ -149,7 +128,50 @@ class PrometheusMetrics:
         return {}
 
     async def endpoint(self, request: Request) -> Response:
-        return Response(self._prom.generate_latest(self.registry), media_type=self._prom.CONTENT_TYPE_LATEST)
+        # Collecting reads the service's stats, which count the disk tier's entries: off the event loop.
+        body = await run_in_threadpool(self._prom.generate_latest, self.registry)
+        return Response(body, media_type=self._prom.CONTENT_TYPE_LATEST)
+
+
+def state_metrics(stats: ServiceStats) -> Iterator[Any]:
+    """What the service holds at scrape time, as Prometheus metric families."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    tiers = stats.tiers()
+    hits = CounterMetricFamily("chat_cache_hits", "Answers served from each cache tier", labels=["tier"])
+    for name, figures in tiers.items():
+        hits.add_metric([name], figures["hits"])
+    yield hits
+    yield CounterMetricFamily("chat_cache_misses", "Requests the cache could not answer", value=stats.cache["misses"])
+    faults = CounterMetricFamily("chat_cache_faults", "Cache tier faults (degraded to the others)", labels=["tier"])
+    for name, figures in tiers.items():
+        if "faults" in figures:
+            faults.add_metric([name], figures["faults"])
+    yield faults
+    model = stats.model
+    yield GaugeMetricFamily("chat_model_loaded", "1 once the model is loaded", value=int(model.loaded))
+    yield GaugeMetricFamily(
+        "chat_model_load_seconds", "How long the model took to load", value=model.load_seconds or 0.0
+    )
+    yield CounterMetricFamily("chat_generations", "Generations run", value=model.generations)
+    yield GaugeMetricFamily("chat_pending_generations", "Distinct generations queued or running", value=stats.pending)
+    engine = stats.engine
+    if engine is None:
+        return
+    yield GaugeMetricFamily("chat_engine_sequences_running", "Sequences admitted and not finished", value=engine.active)
+    yield GaugeMetricFamily("chat_engine_sequences_waiting", "Requests not admitted yet", value=engine.waiting)
+    yield GaugeMetricFamily("chat_engine_kv_cells", "KV cells in the pool", value=engine.n_ctx)
+    yield GaugeMetricFamily(
+        "chat_engine_kv_cells_reserved", "KV cells the running sequences may fill", value=engine.reserved_cells
+    )
+    yield GaugeMetricFamily(
+        "chat_engine_kv_cells_cached", "KV cells idle slots keep for reuse", value=engine.cached_cells
+    )
+    yield CounterMetricFamily(
+        "chat_engine_prompt_tokens_reused",
+        "Prompt tokens not decoded thanks to a cached prefix",
+        value=engine.prompt_tokens_reused,
+    )
 
 
 class NoMetrics:

@@ -12,6 +12,7 @@ import contextvars
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
@@ -19,7 +20,7 @@ from handler.cache.keys import cache_key
 from handler.cache.policy import CachePolicy
 from handler.cache.response_cache import ResponseCache
 from handler.core.config import Settings
-from handler.core.errors import BadRequest, Busy, NotFound
+from handler.core.errors import BadRequest, Busy
 from handler.core.types import (
     INCOMPLETE,
     CacheSource,
@@ -31,15 +32,16 @@ from handler.core.types import (
     Prompt,
     SamplingParams,
 )
-from handler.engine.model import ModelHolder
+from handler.engine.chat_templates import ChatTemplates
 from handler.service.answer_stream import Answer, AnswerStream
-from handler.service.model_identity import current_identity
+from handler.service.served_models import ServedModels
 from handler.service.single_flight import SingleFlight
+from handler.service.stats import ModelState, ServiceStats
 
 RESPONSE_MARGIN_S = 2.0  # of a function's remaining time, kept to send the answer
 
 
-def complete(completion: Completion, params: SamplingParams) -> bool:
+def is_whole(completion: Completion, params: SamplingParams) -> bool:
     """Whether `completion` is the whole answer to a request with `params`, and so may be stored."""
     if completion.finish_reason in INCOMPLETE:
         return False
@@ -60,10 +62,12 @@ class Keyed:
 
 
 class ChatService:
-    def __init__(self, settings: Settings, model: ModelHolder, cache: ResponseCache) -> None:
+    def __init__(self, settings: Settings, served: ServedModels, cache: ResponseCache) -> None:
         self.settings = settings
-        self.model = model
+        self.served = served
+        self.model = served.model
         self.cache = cache
+        self.templates = ChatTemplates(self.model.source, lambda: self.model.opened)
         # A worker waits on each distinct generation: as many as may be pending, so that all the engine's
         # parallel sequences can be busy with plain requests, not only with streams.
         self.flights: SingleFlight[Completion] = SingleFlight(workers=settings.max_pending_generations)
@@ -77,13 +81,15 @@ class ChatService:
                 f"{self.settings.max_prompt_chars}. Shorten it."
             )
 
-    def sampling(self, max_tokens: int | None) -> SamplingParams:
+    def params_for(self, max_tokens: int | None) -> SamplingParams:
+        """The configured sampling for an answer of `max_tokens` (config's default when None).
+        Raises BadRequest above `max_tokens_limit`."""
         max_tokens = self.settings.max_tokens_default if max_tokens is None else max_tokens
         if max_tokens > self.settings.max_tokens_limit:
             raise BadRequest(
                 f"max_tokens is {max_tokens}, above this service's limit of {self.settings.max_tokens_limit}."
             )
-        return self.settings.sampling(max_tokens)
+        return self.settings.sampling_params(max_tokens)
 
     def deadline(self, remaining_ms: int | None) -> float | None:
         """When a generation must stop: the configured timeout, and in a function the invocation's own
@@ -95,46 +101,19 @@ class ChatService:
             limits.append(max(0.0, remaining_ms / 1000 - RESPONSE_MARGIN_S))
         return time.monotonic() + min(limits) if limits else None
 
-    def models(self) -> list[str]:
-        """The model ids this service answers to: the model, then one per LoRA adapter."""
-        return [self.settings.served_model, *(self.settings.adapter_id(name) for name in self.settings.lora_adapters)]
-
-    def lora_for(self, model: str | None, scale: float | None = None) -> Lora | None:
-        """The adapter a model id names (None: the model alone). Raises NotFound for an id not served."""
-        if model is None or model == self.settings.served_model:
-            if scale is not None:
-                raise BadRequest(
-                    f"lora_scale applies to a LoRA adapter; `{self.settings.served_model}` is the model alone.",
-                    param="lora_scale",
-                )
-            return None
-        for name in self.settings.lora_adapters:
-            if model == self.settings.adapter_id(name):
-                return Lora(name, 1.0 if scale is None else scale)
-        raise NotFound(
-            f"The model `{model}` is not served here; this service serves "
-            + ", ".join(f"`{m}`" for m in self.models())
-            + " (GET /v1/models).",
-            param="model",
-        )
-
-    async def _adapter_identity(self, lora: Lora) -> str:
-        known = self.model.known_adapter_identity(lora.name)
-        return known if known is not None else await run_in_threadpool(self.model.adapter_identity, lora.name)
-
     async def _keyed(self, prompt: Prompt, params: SamplingParams, lora: Lora | None = None) -> Keyed:
         """The key is made of what the model will see: chat messages are formatted first, with the
         template of the model the identity names (read from its file's header, once per model)."""
-        identity = await current_identity(self.model)
-        adapter = await self._adapter_identity(lora) if lora is not None else None
+        identity = await self.served.identity()
+        adapter = await self.served.adapter_identity(lora) if lora is not None else None
         if isinstance(prompt, ChatPrompt):
-            known = self.model.known_chat_input(prompt, identity)
+            known = self.templates.known_input(prompt, identity)
             if known is None:
-                known = await run_in_threadpool(self.model.chat_input, prompt, identity)
+                known = await run_in_threadpool(self.templates.model_input, prompt, identity)
             model_input = known
         else:
             model_input = prompt
-        params = model_input.sampling(params)
+        params = model_input.with_stops(params)
         key = self._key(model_input, params, identity, lora, adapter)
         return Keyed(key, identity, model_input, params, lora, adapter)
 
@@ -168,7 +147,7 @@ class ChatService:
         nor a structured answer that max_tokens cut (it does not parse: not the answer the grammar asks for).
         It is stored under the model that generated it, which is not the one the key was made for when
         the model file was replaced meanwhile."""
-        if policy.store and complete(completion, key.params):
+        if policy.store and is_whole(completion, key.params):
             made_by = completion.model_identity or key.identity
             adapter = completion.adapter_identity or key.adapter_identity
             same = made_by == key.identity and adapter == key.adapter_identity
@@ -191,7 +170,7 @@ class ChatService:
             return cached
 
         def generate() -> Completion:
-            completion = self.model.complete(keyed.prompt, keyed.params, deadline, lora=lora)
+            completion = self.model.generate(keyed.prompt, keyed.params, deadline, lora=lora)
             self._store(keyed, completion, policy)
             return completion
 
@@ -232,7 +211,7 @@ class ChatService:
 
         def generate() -> None:
             try:
-                completion = self.model.complete(
+                completion = self.model.generate(
                     keyed.prompt, keyed.params, deadline, cancelled=stream.cancelled, on_text=stream.put_text, lora=lora
                 )
                 self._store(keyed, completion, policy)
@@ -257,6 +236,23 @@ class ChatService:
         self.flights.close()
         self.model.close()
         self.cache.close()
+
+    def stats(self) -> ServiceStats:
+        """What the service holds now; never loads the model. Blocking: the disk tier counts its entries."""
+        model, engine = self.model, self.model.engine
+        state = ModelState(
+            file=Path(self.settings.model_path).name,
+            loaded=model.loaded,
+            available=True if model.loaded else model.source.present(),
+            load_seconds=model.load_seconds,
+            generations=model.generations,
+        )
+        return ServiceStats(state, engine.stats() if engine is not None else None, self.pending, self.cache.stats())
+
+    @property
+    def cache_faults(self) -> int:
+        """Cache tier faults since start: a counter, cheap enough to read per request."""
+        return self.cache.faults
 
     @property
     def pending(self) -> int:

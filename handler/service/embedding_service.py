@@ -18,8 +18,7 @@ from handler.cache.response_cache import ResponseCache
 from handler.core.config import Settings
 from handler.core.errors import BadRequest
 from handler.core.types import CacheSource, Embedding
-from handler.engine.model import ModelHolder
-from handler.service.model_identity import current_identity
+from handler.service.served_models import ServedModels
 from handler.service.single_flight import SingleFlight
 
 # Slowest first: a list's X-Cache names the slowest tier any of its vectors came from.
@@ -37,9 +36,10 @@ class Embedded:
 
 
 class EmbeddingService:
-    def __init__(self, settings: Settings, model: ModelHolder, cache: ResponseCache) -> None:
+    def __init__(self, settings: Settings, served: ServedModels, cache: ResponseCache) -> None:
         self.settings = settings
-        self.model = model
+        self.served = served
+        self.model = served.model
         self.cache = cache
         self.flights: SingleFlight[list[Embedding]] = SingleFlight(workers=2)
 
@@ -66,7 +66,7 @@ class EmbeddingService:
         return embedding_key(identity, text, self.settings.embedding_pooling, self.settings.embedding_normalize)
 
     async def embed(self, inputs: list[str], policy: CachePolicy) -> Embedded:
-        identity = await current_identity(self.model)
+        identity = await self.served.identity()
         keys = [self._key(identity, text) for text in inputs]
         found: dict[str, tuple[Embedding, CacheSource]] = {}
         if policy.read:
