@@ -27,7 +27,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(LLAMA_CPU_FLAGS)' -DCMAK
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install serve test test-quick lint bench bench-engine model llama-server clean FORCE
+.PHONY: install serve test test-quick lint docs bench bench-engine model llama-server clean FORCE
 
 # The llama.cpp build flags, in a file that changes only when they do: what rebuilds the venv and the peer.
 %/llama-cmake-args: FORCE
@@ -76,12 +76,16 @@ lint: install
 test: lint $(TOOLS)/.installed $(SMOLLM2_FILE) $(GEMMA_FILE)
 	TOOLS_BIN=$(abspath $(TOOLS))/bin $(PY) -m pytest --cov --cov-report=term:skip-covered
 
+# docs/configuration.md, written from the settings' own descriptions in handler/core/config.py.
+docs: install
+	$(PY) -m handler.cli.config_docs --write
+
 # The tests without the deployment linters (sam, hadolint) and without coverage: the quick loop.
 test-quick: install
 	$(PY) -m pytest -m "not deploy" -q
 
 # By hand, not in CI: prints the comparison tables, writes bench/results/{results.json,compare.png}.
-# The benchmarks measure Gemma 3 270M, the model of every figure in the README.
+# The benchmarks measure Gemma 3 270M, the model of most figures in docs/benchmarks.md.
 bench: $(VENV)/.bench-installed
 	$(MAKE) model MODEL=gemma
 	$(GEMMA_ENV) $(PY) bench/compare.py
