@@ -76,7 +76,7 @@ lint: install
 test: lint $(TOOLS)/.installed $(SMOLLM2_FILE) $(GEMMA_FILE)
 	TOOLS_BIN=$(abspath $(TOOLS))/bin $(PY) -m pytest --cov --cov-report=term:skip-covered
 
-# docs/configuration.md, written from the settings' own descriptions in handler/core/config.py.
+# docs/configuration.md, written from the settings' own descriptions in handler/core/settings.py.
 docs: install
 	$(PY) -m handler.cli.config_docs --write
 

@@ -11,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 
 from handler.api import chat, embeddings, health, openai, tokens
 from handler.cache.response_cache import ResponseCache
-from handler.core.config import Settings, load_settings
+from handler.core.config import load_settings
+from handler.core.settings import Settings
 from handler.engine.model import ModelHolder
 from handler.middleware.auth import ApiKeyMiddleware, ApiKeys
 from handler.middleware.body_limit import BodyLimitMiddleware

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from handler.cli import config_docs
-from handler.core.config import Settings
+from handler.core.settings import Settings
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 REGENERATE = "regenerate it: `make docs` (or `.venv/bin/python -m handler.cli.config_docs --write`)"
@@ -28,7 +28,7 @@ def test_every_setting_has_a_row_in_the_page() -> None:
 
 
 def test_every_setting_has_a_description() -> None:
-    """An empty description is an empty cell: write one with `Field(description=...)` in handler/core/config.py."""
+    """An empty description is an empty cell: write one with `Field(description=...)` in handler/core/settings.py."""
     assert [name for name, field in Settings.model_fields.items() if not (field.description or "").strip()] == []
 
 

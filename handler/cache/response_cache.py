@@ -15,7 +15,7 @@ from handler.cache.memory import MemoryTier
 from handler.cache.shared import SharedTier
 from handler.cache.signing import EntrySigner
 from handler.cache.tier import Tier
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.core.types import CacheSource, Completion, Embedding
 
 V = TypeVar("V", Completion, Embedding)

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from handler.core.config import Settings
 from handler.core.errors import BadRequest, ContextOverflow, GenerationFailed, InputTooLong, ModelUnavailable
+from handler.core.settings import Settings
 from handler.core.types import Completion, Embedding, FinishReason, Lora, ModelInput, SamplingParams
 from handler.engine.contract import Engine, EngineError, EngineLoadError, EngineSettings, InvalidRequest
 from handler.engine.model_files.identity import DigestMemo

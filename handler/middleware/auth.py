@@ -23,8 +23,8 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from handler.core.config import Settings
 from handler.core.errors import ServiceError, ServiceUnavailable
+from handler.core.settings import Settings
 from handler.middleware.error_responses import service_error_response
 
 # The key in the scope's state (`request.state.authenticated`) that says whether the request may see

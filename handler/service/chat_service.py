@@ -19,8 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from handler.cache.keys import cache_key
 from handler.cache.policy import CachePolicy
 from handler.cache.response_cache import ResponseCache
-from handler.core.config import Settings
 from handler.core.errors import BadRequest, Busy
+from handler.core.settings import Settings
 from handler.core.types import (
     INCOMPLETE,
     CacheSource,

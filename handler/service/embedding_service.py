@@ -15,8 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from handler.cache.keys import embedding_key
 from handler.cache.policy import CachePolicy
 from handler.cache.response_cache import ResponseCache
-from handler.core.config import Settings
 from handler.core.errors import BadRequest
+from handler.core.settings import Settings
 from handler.core.types import CacheSource, Embedding
 from handler.service.served_models import ServedModels
 from handler.service.single_flight import SingleFlight

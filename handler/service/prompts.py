@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from handler.core.config import Settings
 from handler.core.errors import BadRequest
+from handler.core.settings import Settings
 from handler.core.types import ChatMessage, ChatPrompt, ModelInput, Prompt
 
 ROLE_LABELS = {"user": "Human", "assistant": "Assistant"}

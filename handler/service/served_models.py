@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
 
-from handler.core.config import Settings
 from handler.core.errors import BadRequest, NotFound
+from handler.core.settings import Settings
 from handler.core.types import Lora
 from handler.engine.model import ModelHolder
 

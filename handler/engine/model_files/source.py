@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from handler.core.config import Settings
 from handler.core.errors import ModelMismatch, ModelUnavailable
+from handler.core.settings import Settings
 from handler.engine.model_files.digest import sha256_of
 from handler.engine.model_files.gguf_header import ChatMetadata
 from handler.engine.model_files.identity import DigestMemo, FileVersion
