@@ -27,9 +27,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ROOT
 from handler.core.config import load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "What is the capital of France?"
 
 SERVICE = r"""
@@ -37,7 +37,7 @@ import time; t0 = time.perf_counter()
 import json, os, sys
 import handler.lambda_handler as entry
 t_import = time.perf_counter() - t0
-from tests.conftest import FakeLambdaContext, lambda_event
+from bench.common import FakeLambdaContext, lambda_event  # the standard library only: timed with the service
 if os.environ.get("BENCH_ROUTE") == "chat-completions":
     body = {"model": entry.app.state.settings.served_model, "max_tokens": 32, "messages": [{"role": "user", "content": sys.argv[1]}]}
     event = lambda_event("apigw-http-v2", body, path="/v1/chat/completions")
@@ -80,7 +80,7 @@ def run(code: str, env: dict[str, str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(runs: int, no_sidecar: bool) -> dict[str, float]:
+def measure(runs: int, no_sidecar: bool = False) -> dict[str, float]:
     """Median seconds of each row over `runs` fresh processes."""
     sidecar = Path(load_settings().model_path + ".sha256.json")
     rows: dict[str, list[float]] = {

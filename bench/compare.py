@@ -34,13 +34,11 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import cold_start
-from child_snippets import PEAK_RSS
-
+from bench import cold_start
+from bench.child_snippets import PEAK_RSS
+from bench.common import ROOT, Server, start_server, stop_server
 from handler.core.config import load_settings
 from handler.service.prompts import compose
 
@@ -95,7 +93,7 @@ import json, sys, time
 from mangum import Mangum
 from handler.app import create_app
 from handler.core.config import load_settings
-from tests.conftest import FakeLambdaContext, lambda_event
+from bench.common import FakeLambdaContext, lambda_event
 max_tokens = int(sys.argv[1])
 handler = Mangum(create_app(load_settings().model_copy(update={"cache_dir": None})), lifespan="off")
 def ask(prompt):
@@ -116,7 +114,7 @@ import json, sys, time
 from mangum import Mangum
 from handler.app import create_app
 from handler.core.config import load_settings
-from tests.conftest import FakeLambdaContext, lambda_event
+from bench.common import FakeLambdaContext, lambda_event
 prompts, max_tokens, hits, cache_dir = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 s = load_settings().model_copy(update={"cache_dir": cache_dir})
 context = FakeLambdaContext()
@@ -145,7 +143,7 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-# The service as deployed: it writes its log line per request (to stdout; here a pipe or /dev/null),
+# The service as deployed: it writes its log line per request (to stdout; here a pipe or a file),
 # and under Mangum it runs as in Lambda, where that line also carries the EMF metrics.
 SERVICE_ENV = {"CHAT_LOG_LEVEL": "INFO"}
 FUNCTION_ENV = {**SERVICE_ENV, "AWS_LAMBDA_FUNCTION_NAME": "bench"}
@@ -164,29 +162,10 @@ def child(code: str, *args: Any, env: dict[str, str] | None = None) -> dict[str,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def start(command: list[str], port: int, ready: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "CHAT_LOG_LEVEL": "WARNING", **(env or {})},
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{ready}", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{command} did not start")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> float:
-    rss = peak_rss_mb(proc.pid)
-    proc.terminate()
-    proc.wait()
+def stop(server: Server) -> float:
+    """Stops the server; returns its peak RSS, MB."""
+    rss = peak_rss_mb(server.process.pid)
+    stop_server(server)
     return rss
 
 
@@ -218,18 +197,22 @@ def concurrent(client: httpx.Client, path: str, body: dict[str, Any], n: int) ->
 
 def uvicorn_service(prompts: list[str], max_tokens: int, hits: int, n_concurrent: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as cache_dir:
-        main = start(
+        main = start_server(
+            "service",
             [sys.executable, "-m", "handler"],
             8771,
-            "/health",
-            {**SERVICE_ENV, "PORT": "8771", "CHAT_CACHE_DIR": cache_dir},
+            env={**SERVICE_ENV, "PORT": "8771", "CHAT_CACHE_DIR": cache_dir},
         )
-        disk_only = start(
-            [sys.executable, "-m", "handler"],
-            8772,
-            "/health",
-            {**SERVICE_ENV, "PORT": "8772", "CHAT_CACHE_DIR": cache_dir, "CHAT_CACHE_MEMORY_ENTRIES": "0"},
-        )
+        try:
+            disk_only = start_server(
+                "service, disk tier only",
+                [sys.executable, "-m", "handler"],
+                8772,
+                env={**SERVICE_ENV, "PORT": "8772", "CHAT_CACHE_DIR": cache_dir, "CHAT_CACHE_MEMORY_ENTRIES": "0"},
+            )
+        except RuntimeError:
+            stop(main)
+            raise
         try:
             with (
                 httpx.Client(
@@ -293,11 +276,11 @@ def paired_misses(prompts: list[str], max_tokens: int) -> dict[str, Any]:
     }
     seconds: dict[str, list[float]] = {"raw": [], "Mangum": [], "uvicorn HTTP": []}
     with tempfile.TemporaryDirectory() as cache_dir:
-        server = start(
+        server = start_server(
+            "service",
             [sys.executable, "-m", "handler"],
             8774,
-            "/health",
-            {**SERVICE_ENV, "PORT": "8774", "CHAT_CACHE_DIR": cache_dir},
+            env={**SERVICE_ENV, "PORT": "8774", "CHAT_CACHE_DIR": cache_dir},
         )
         try:
             for worker in workers.values():
@@ -335,7 +318,8 @@ def paired_misses(prompts: list[str], max_tokens: int) -> dict[str, Any]:
 def peer_server(prompts: list[str], max_tokens: int, n_concurrent: int) -> dict[str, Any]:
     settings = load_settings()
     threads = str(len(os.sched_getaffinity(0)))
-    proc = start(
+    peer = start_server(
+        "llama_cpp.server",
         [
             sys.executable,
             "-m",
@@ -387,7 +371,7 @@ def peer_server(prompts: list[str], max_tokens: int, n_concurrent: int) -> dict[
                 client, "/v1/completions", completion("All at once: what rhymes with night?"), n_concurrent
             )
     finally:
-        rss = stop(proc)
+        rss = stop(peer)
     return {
         "first": first,
         "repeated": repeated,
@@ -512,7 +496,7 @@ def main() -> None:
     paired = paired_misses(
         [f"Pair {i}: what rhymes with {word}?" for i, word in enumerate(words * 10)][: args.paired], args.max_tokens
     )
-    cold = cold_start.measure(args.cold_runs)
+    cold = cold_start.measure(args.cold_runs, no_sidecar=False)
 
     print("\n| system | path | answer | n | req/s | p50 ms | p95 ms | tok/s | vs raw | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")

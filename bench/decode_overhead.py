@@ -27,14 +27,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from child_snippets import VOLUNTARY_SWITCHES
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.child_snippets import VOLUNTARY_SWITCHES
+from bench.common import ROOT
 
 LAYER = (
     VOLUNTARY_SWITCHES
     + r"""
-import base64, json, os, statistics, sys, time
+import json, os, statistics, sys, time
 from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.environ["ROOT"])
 layer, model, tokens, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -48,7 +49,7 @@ if layer.startswith("raw"):
         out = llama.create_completion(f"{prompt} {i}", max_tokens=tokens, temperature=0.0, seed=0)
         return out["usage"]["completion_tokens"]
 elif layer.startswith("holder"):
-    from handler.core.config import Settings
+    from handler.core.settings import Settings
     from handler.core.types import ModelInput
     from handler.engine.model import ModelHolder
     settings = Settings(model_path=model, n_gpu_layers=0, n_threads=threads, cache_dir=None, stop=[])
@@ -59,7 +60,7 @@ elif layer.startswith("holder"):
 elif layer == "service-burst":
     import httpx
     from handler.app import create_app
-    from handler.core.config import Settings
+    from handler.core.settings import Settings
     from tests.conftest import LiveServer
     settings = Settings(model_path=model, n_gpu_layers=0, n_threads=threads, cache_dir=None, metrics="off",
                         log_level="ERROR")
@@ -75,16 +76,15 @@ elif layer == "service-burst":
 else:
     from mangum import Mangum
     from handler.app import create_app
-    from handler.core.config import Settings
-    from tests.conftest import FakeLambdaContext, lambda_event
+    from handler.core.settings import Settings
+    from bench.common import FakeLambdaContext, lambda_body, lambda_event
     settings = Settings(model_path=model, n_gpu_layers=0, n_threads=threads, cache_dir=None, metrics="off",
                         log_level="ERROR")
     handler = Mangum(create_app(settings), lifespan="off")
     def generate(i):
         body = {"model": settings.served_model, "prompt": f"{prompt} {i}", "max_tokens": tokens}
         response = handler(lambda_event("function-url", body, path="/v1/completions"), FakeLambdaContext())
-        raw = base64.b64decode(response["body"]) if response.get("isBase64Encoded") else response["body"]
-        return json.loads(raw)["usage"]["completion_tokens"]
+        return lambda_body(response)["usage"]["completion_tokens"]
 run = generate
 if layer.endswith("-thread"):
     pool = ThreadPoolExecutor(1)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import statistics
 import subprocess
@@ -45,9 +44,9 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import ROOT, Server, start_server, stop_server
 from handler.core.config import load_settings
 
 RESULTS = ROOT / "bench" / "results" / "engine_compare.json"
@@ -55,7 +54,6 @@ DEFAULT_MODEL = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
 LLAMA_SERVER = ROOT / ".peer" / "llama-server"
 N_CTX = 4096  # one KV cache of 4096 cells for all slots, in every system that batches
 TIMEOUT = httpx.Timeout(120.0, connect=10.0)
-START_SECONDS = 180.0  # a cold start on a busy 2-core host can take a while
 
 SERVICE, LLAMA, PEER = "service", "llama-server", "llama-cpp-python server"
 PREFIX_ON, PREFIX_OFF = "service, prefix reuse on", "service, prefix reuse off"
@@ -148,62 +146,10 @@ class RequestFailed(Exception):
 # --- the servers ----------------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log: Path
-    command: list[str]
-    model_id: str = "default"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-def launch(
-    name: str, command: list[str], port: int, ready_path: str, logs: Path, env: dict[str, str] | None = None
-) -> Server:
-    """Starts a server and waits until `ready_path` answers 200; its output goes to a log file, so a
-    full pipe never stalls it and a failed start can show why."""
-    log = logs / f"{name.replace(' ', '_').replace(',', '')}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-    server = Server(name, port, proc, log, command)
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            if httpx.get(f"{server.url}{ready_path}", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    stop(server)
-    tail = log.read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"{name} did not start ({' '.join(command)}):\n{tail}")
-
-
-def stop(server: Server) -> None:
-    """Terminate, then kill what does not end within 15 s."""
-    if server.proc.poll() is None:
-        server.proc.terminate()
-        try:
-            server.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
-
-
 def start_service(name: str, port: int, model: Path, threads: int, n_parallel: int, reuse: bool, logs: Path) -> Server:
     env = {
         "HOST": "127.0.0.1",
         "PORT": str(port),
-        "PYTHONPATH": str(ROOT),
         "CHAT_MODEL_PATH": str(model),
         # config.yaml's hash names its own model_path's file (the embedded default, not Gemma); left
         # empty, the identity comes from the file itself. The response cache is off anyway.
@@ -220,7 +166,7 @@ def start_service(name: str, port: int, model: Path, threads: int, n_parallel: i
         "CHAT_GENERATION_TIMEOUT_SECONDS": "",
         "CHAT_METRICS": "off",  # llama-server keeps no such counters either
     }
-    server = launch(name, [sys.executable, "-m", "handler"], port, "/health", logs, env)
+    server = start_server(name, [sys.executable, "-m", "handler"], port, logs=logs, env=env)
     server.model_id = httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"][0]["id"]
     server.command = [f"{k}={v}" for k, v in env.items() if k.startswith("CHAT_")] + server.command  # for the record
     return server
@@ -237,7 +183,7 @@ def start_llama_server(model: Path, threads: int, n_parallel: int, n_batch: int,
         *("--host", "127.0.0.1", "--port", str(port), "--no-webui"),
         # Its prompt cache stays on, as the service's prefix reuse does.
     ]
-    return launch(LLAMA, command, port, "/health", logs)  # /health is 503 until the model is loaded
+    return start_server(LLAMA, command, port, logs=logs)  # its /health is 503 until the model is loaded
 
 
 def cpu_features(system_info: str) -> frozenset[str]:
@@ -288,7 +234,7 @@ def start_peer_python(model: Path, threads: int, n_batch: int, logs: Path) -> Se
         # reason); here they queue instead, as they do on the other two.
         *("--interrupt_requests", "False"),
     ]
-    return launch(PEER, command, port, "/v1/models", logs)
+    return start_server(PEER, command, port, "/v1/models", logs=logs)
 
 
 # --- requests -------------------------------------------------------------------------------------
@@ -607,7 +553,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def kept(stack: ExitStack, server: Server) -> Server:
     """The server, to be stopped when the stack unwinds: at the end, on an error or on Ctrl-C."""
-    stack.callback(stop, server)
+    stack.callback(stop_server, server)
     return server
 
 

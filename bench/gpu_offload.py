@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT
 
 PROMPT = "Once upon a time, by the sea,"
 
@@ -62,13 +63,11 @@ def raw(model: str, layers: int, decode_tokens: int, runs: int) -> dict[str, Any
 
 def service(model: str, layers: int, decode_tokens: int, runs: int) -> dict[str, Any]:
     """The same requests through the Mangum handler (/v1/completions, for its usage), then memory hits."""
-    import base64
-
     from mangum import Mangum
 
+    from bench.common import FakeLambdaContext, lambda_body, lambda_event
     from handler.app import create_app
-    from handler.core.config import Settings
-    from tests.conftest import FakeLambdaContext, lambda_event
+    from handler.core.settings import Settings
 
     settings = Settings(
         model_path=model,
@@ -85,9 +84,8 @@ def service(model: str, layers: int, decode_tokens: int, runs: int) -> dict[str,
         t = time.perf_counter()
         response = handler(lambda_event("function-url", body, path="/v1/completions"), FakeLambdaContext())
         elapsed = time.perf_counter() - t
-        raw_body = base64.b64decode(response["body"]) if response.get("isBase64Encoded") else response["body"]
-        assert response["statusCode"] == 200, raw_body
-        return json.loads(raw_body)["usage"]["completion_tokens"], elapsed
+        assert response["statusCode"] == 200, response
+        return lambda_body(response)["usage"]["completion_tokens"], elapsed
 
     misses = [ask(i) for i in range(runs + 1)][1:]  # the first loads the model
     hits = [ask(i)[1] for i in range(1, runs + 1)]

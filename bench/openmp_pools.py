@@ -24,9 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from child_snippets import VOLUNTARY_SWITCHES
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.child_snippets import VOLUNTARY_SWITCHES
 
 RUN = (
     VOLUNTARY_SWITCHES
@@ -61,7 +61,6 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
-            sys.path.insert(0, str(ROOT))
             from tests.tiny_gguf import write_tiny_gguf
 
             args.model = str(write_tiny_gguf(Path(tmp) / "tiny.gguf"))

@@ -24,8 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 TABLE = "fleet-cache"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -35,9 +34,9 @@ def container(model_path: str, cache_dir: str, table: str | None, max_tokens: in
     """One container: answers prompts from its inbox until it gets None; reports X-Cache of each."""
     from mangum import Mangum
 
+    from bench.common import FakeLambdaContext, lambda_event
     from handler.app import create_app
     from handler.core.config import load_settings
-    from tests.conftest import FakeLambdaContext, lambda_event
 
     settings = load_settings(
         environ={

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, start_server, stop_server
+
 MODEL = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
 SERVICE, PEER, SPEC = 8891, 8892, 8893
 SPEC_ARGS = ["--spec-type", "ngram-simple", "--spec-draft-n-max", "8"]
@@ -33,9 +35,10 @@ PARAGRAPH = (
 )
 
 
-def start(spec: bool) -> list[subprocess.Popen[bytes]]:
+def start(stack: ExitStack, spec: bool) -> None:
+    """The service, llama-server and (with `spec`) llama-server speculating, each stopped when `stack` unwinds;
+    returns once all answer /health, and raises with a server's output when one does not come up."""
     env = {
-        **os.environ,
         "CHAT_MODEL_PATH": str(MODEL),
         "CHAT_MODEL_SHA256": "",
         "CHAT_N_THREADS": "2",
@@ -49,23 +52,15 @@ def start(spec: bool) -> list[subprocess.Popen[bytes]]:
     }
     peer = [str(ROOT / ".peer" / "llama-server"), "-m", str(MODEL), "-c", "4096", "-np", "8", "-kvu", "-t", "2"]
     peer += ["-tb", "2", "-b", "512", "--port", str(PEER), "--host", "127.0.0.1", "--no-webui"]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    servers = [subprocess.Popen([sys.executable, "-m", "handler"], env=env, cwd=ROOT, **quiet)]
-    servers.append(subprocess.Popen(peer, **quiet))
+    commands: list[tuple[str, list[str], int, dict[str, str] | None]] = [
+        ("service", [sys.executable, "-m", "handler"], SERVICE, env),
+        ("llama-server", peer, PEER, None),
+    ]
     if spec:
-        servers.append(
-            subprocess.Popen([*peer[: peer.index("--port")], "--port", str(SPEC), *peer[-3:], *SPEC_ARGS], **quiet)
-        )
-    for port in (SERVICE, PEER, SPEC) if spec else (SERVICE, PEER):
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-    return servers
+        speculating = [*peer[: peer.index("--port")], "--port", str(SPEC), *peer[-3:], *SPEC_ARGS]
+        commands.append(("llama-server+spec", speculating, SPEC, None))
+    for name, command, port, extra in commands:
+        stack.callback(stop_server, start_server(name, command, port, env=extra))
 
 
 def rate(port: int, stream: bool, prompt: str) -> float:
@@ -105,8 +100,8 @@ def main() -> None:
     if args.spec:
         kinds += [("llama-server+spec, streamed", SPEC, True), ("llama-server+spec, whole", SPEC, False)]
     results: dict[str, list[float]] = {name: [] for name, _, _ in kinds}
-    servers = start(args.spec)
-    try:
+    with ExitStack() as servers:
+        start(servers, args.spec)
         for i in range(args.requests):
             for name, port, stream in kinds[i % len(kinds) :] + kinds[: i % len(kinds)]:  # who goes first rotates
                 if args.copy:  # the same request for every system within a round: their texts compare
@@ -114,10 +109,6 @@ def main() -> None:
                 else:
                     prompt = f"Write one sentence about topic #{i}-{name}: the sea, in plain words."
                 results[name].append(rate(port, stream, prompt))
-    finally:
-        for server in servers:
-            server.terminate()
-            server.wait()
     for name, values in results.items():
         print(
             f"{name:24} median {statistics.median(values):6.1f}  min {min(values):6.1f}  max {max(values):6.1f} tok/s"

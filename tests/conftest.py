@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import copy
 import io
 import json
 import logging
@@ -22,11 +20,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.observability.logs import JsonFormatter
+from tests.helpers.lambda_events import EVENTS, FakeLambdaContext, lambda_body, lambda_event  # noqa: F401 (re-exported for the tests)
 from tests.tiny_gguf import CONTEXT, write_tiny_gguf
-
-EVENTS = Path(__file__).parent / "events"
 
 
 @pytest.fixture(scope="session")
@@ -219,53 +216,3 @@ def same_generation(text: str, reference: str, reference_tokens: int, max_tokens
     if reference_tokens <= max_tokens:
         return text == reference
     return reference.startswith(text) and (bool(text) or not reference)
-
-
-class FakeLambdaContext:
-    """The attributes Mangum and the service read from the Lambda context object."""
-
-    def __init__(self, request_id: str = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef") -> None:
-        self.aws_request_id = request_id
-        self.function_name = "chat"
-        self.memory_limit_in_mb = 3008
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
-
-
-def lambda_event(
-    kind: str,
-    body: dict[str, Any] | str,
-    path: str = "/chat",
-    method: str = "POST",
-    headers: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """A `sam local generate-event` payload (tests/events/) carrying our request, base64-encoded as sam writes it."""
-    event = copy.deepcopy(json.loads((EVENTS / f"{kind}.json").read_text()))
-    raw = body if isinstance(body, str) else json.dumps(body)
-    event["body"] = base64.b64encode(raw.encode()).decode()
-    event["isBase64Encoded"] = True
-    extra = {"content-type": "application/json", **(headers or {})}
-    if "version" in event:  # HTTP API v2 and function URLs
-        event["rawPath"] = path
-        event["rawQueryString"] = ""
-        event["queryStringParameters"] = {}
-        event["requestContext"]["http"]["path"] = path
-        event["requestContext"]["http"]["method"] = method
-        event["headers"].update(extra)
-    else:  # REST API v1 and ALB
-        event["path"] = path
-        event["httpMethod"] = method
-        event["queryStringParameters"] = {}
-        event.pop("multiValueQueryStringParameters", None)
-        event["headers"].update(extra)
-        if "multiValueHeaders" in event:
-            event["multiValueHeaders"].update({k: [v] for k, v in extra.items()})
-    return event
-
-
-def lambda_body(response: dict[str, Any]) -> Any:
-    body = response["body"]
-    if response.get("isBase64Encoded"):
-        body = base64.b64decode(body).decode()
-    return json.loads(body)

@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from moto import mock_aws
 
 from handler.app import create_app
-from handler.core.config import ConfigError, Settings, load_settings
+from handler.core.config import ConfigError, load_settings
 from handler.core.errors import ServiceUnavailable
+from handler.core.settings import Settings
 
 KEY, OTHER = "k" * 20 + "-first", "o" * 20 + "-second"
 

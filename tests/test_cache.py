@@ -21,7 +21,7 @@ from handler.cache.entry import SCHEMA_VERSION
 from handler.cache.keys import cache_key
 from handler.cache.policy import CachePolicy
 from handler.cache.response_cache import ResponseCache
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.core.types import ModelInput, SamplingParams
 from handler.engine.model import ModelHolder, load_engine
 from handler.engine.model_files.identity import DigestMemo

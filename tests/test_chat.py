@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import httpx
 
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.service.prompts import compose
 from tests.conftest import same_generation
+from tests.helpers.reference import reference_completion
 
 
 def raw_answer(settings: Settings, prompt: str, max_tokens: int) -> tuple[str, int]:
     """The same generation straight from llama-cpp-python, as a reference: its text, its token count."""
-    from llama_cpp import Llama
-
-    llama = Llama(model_path=settings.model_path, n_ctx=settings.n_ctx, n_gpu_layers=0, seed=0, verbose=False)
-    out = llama.create_completion(
-        compose(settings, prompt),
-        max_tokens=max_tokens,
-        stop=settings.stop,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        min_p=settings.min_p,
-        repeat_penalty=settings.repeat_penalty,
-        seed=settings.seed,
-    )
+    out = reference_completion(settings, prompt=compose(settings, prompt), max_tokens=max_tokens, stop=settings.stop)
     return out["choices"][0]["text"].strip(), out["usage"]["completion_tokens"]
 
 

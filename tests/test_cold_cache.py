@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.engine.model_files.digest import sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +20,7 @@ model_path = sys.argv[1]
 opened = []
 sys.addaudithook(lambda event, args: opened.append(1) if event == "open" and str(args[0]) == model_path else None)
 import handler.lambda_handler as entry
-from tests.conftest import FakeLambdaContext, lambda_event, lambda_body
+from tests.helpers.lambda_events import FakeLambdaContext, lambda_event, lambda_body
 response = entry.handler(lambda_event("function-url", {"prompt": sys.argv[2], "max_tokens": 8}), FakeLambdaContext())
 print(json.dumps({"status": response["statusCode"], "x_cache": response["headers"].get("x-cache"),
                   "body": lambda_body(response), "llama_cpp": "llama_cpp" in sys.modules, "opens": len(opened)}))

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from handler.core.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
+from handler.core.config import DEFAULT_CONFIG, ConfigError, load_settings
+from handler.core.settings import Settings
 
 
 def write(tmp_path: Path, text: str) -> Path:

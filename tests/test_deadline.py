@@ -12,7 +12,7 @@ import pytest
 from mangum import Mangum
 
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.engine.model import ModelHolder, load_engine
 from tests.conftest import FakeLambdaContext, LiveServer, PacedEngine, lambda_body, lambda_event
 

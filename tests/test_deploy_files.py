@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from handler.core.config import ENV_PREFIX, Settings, load_settings
+from handler.core.config import ENV_PREFIX, load_settings
+from handler.core.settings import Settings
 from tests.test_images import image
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,22 +18,13 @@ import pytest
 from handler.app import create_app
 from handler.cache.entry import SCHEMA_VERSION, Entry, decode, encode
 from handler.cache.keys import cache_key, embedding_key
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.core.types import Completion, Embedding, FinishReason
 from tests.conftest import LiveServer, client_for
+from tests.helpers.reference import reference_embedding, reference_vocab
 from tests.tiny_gguf import write_tiny_gguf
 
 TEXTS = ["Hello world", "x", "Ünïcødé ✓ 日本語", "<s> is text here"]
-
-
-def llama_embed(model: Path | str, text: str, *, normalize: bool = False, **kwargs: Any) -> list[float]:
-    """llama-cpp-python's own vector for `text`."""
-    llama = llama_cpp.Llama(model_path=str(model), embedding=True, n_threads=1, verbose=False, **kwargs)
-    try:
-        vector: list[float] = llama.embed(text, normalize=normalize)
-        return vector
-    finally:
-        llama.close()
 
 
 MEAN = {"pooling_type": llama_cpp.LLAMA_POOLING_TYPE_MEAN}
@@ -43,18 +34,18 @@ def test_a_vector_is_llama_cpp_pythons_embed(client: openai.OpenAI, tiny_model: 
     """The tiny model declares no pooling (llama.cpp would give a vector per token): mean pooling, as
     `Llama(pooling_type=MEAN).embed` gives it, not normalized, as `embed` leaves it by default."""
     out = client.embeddings.create(model="tiny", input="Hello world", encoding_format="float")
-    expected = llama_embed(tiny_model, "Hello world", **MEAN)
+    expected = reference_embedding(tiny_model, "Hello world", **MEAN)
     assert len(expected) == 64 and isinstance(expected[0], float)
     assert out.data[0].embedding == expected
     assert out.object == "list" and out.model == "tiny" and out.data[0].object == "embedding"
     assert out.data[0].index == 0
-    tokens = llama_cpp.Llama(model_path=str(tiny_model), vocab_only=True, verbose=False).tokenize(b"Hello world")
+    tokens = reference_vocab(tiny_model).tokenize(b"Hello world")
     assert out.usage.prompt_tokens == out.usage.total_tokens == len(tokens)
 
 
 def test_base64_is_float32_as_openai_sends_it(client: openai.OpenAI, http: httpx.Client, tiny_model: Path) -> None:
     """The client asks for base64 by default and decodes it; the bytes are little-endian float32."""
-    expected = llama_embed(tiny_model, "Hello world", **MEAN)
+    expected = reference_embedding(tiny_model, "Hello world", **MEAN)
     assert client.embeddings.create(model="tiny", input="Hello world").data[0].embedding == expected
     raw = http.post("/v1/embeddings", json={"model": "tiny", "input": "Hello world", "encoding_format": "base64"})
     assert raw.status_code == 200
@@ -68,8 +59,8 @@ def test_a_list_is_one_vector_per_input_in_order(client: openai.OpenAI, tiny_mod
     out = client.embeddings.create(model="tiny", input=TEXTS, encoding_format="float")
     assert [d.index for d in out.data] == list(range(len(TEXTS)))
     for text, data in zip(TEXTS, out.data, strict=True):
-        assert data.embedding == llama_embed(tiny_model, text, **MEAN), text
-    vocab = llama_cpp.Llama(model_path=str(tiny_model), vocab_only=True, verbose=False)
+        assert data.embedding == reference_embedding(tiny_model, text, **MEAN), text
+    vocab = reference_vocab(tiny_model)
     assert out.usage.prompt_tokens == sum(len(vocab.tokenize(t.encode())) for t in TEXTS)
 
 
@@ -82,7 +73,7 @@ def test_a_model_that_declares_its_pooling_gets_embeds_defaults(
     settings = settings.model_copy(update={"model_path": str(model)})
     with LiveServer(create_app(settings)) as server:
         out = client_for(server).embeddings.create(model="pooled", input="Hello world", encoding_format="float")
-    assert out.data[0].embedding == llama_embed(model, "Hello world")
+    assert out.data[0].embedding == reference_embedding(model, "Hello world")
 
 
 @pytest.mark.parametrize(("pooling", "kind"), [("cls", "CLS"), ("last", "LAST")])
@@ -90,7 +81,9 @@ def test_configured_pooling(settings: Settings, tiny_model: Path, pooling: str, 
     settings = settings.model_copy(update={"embedding_pooling": pooling})
     with LiveServer(create_app(settings)) as server:
         out = client_for(server).embeddings.create(model="tiny", input="Hello world", encoding_format="float")
-    expected = llama_embed(tiny_model, "Hello world", pooling_type=getattr(llama_cpp, f"LLAMA_POOLING_TYPE_{kind}"))
+    expected = reference_embedding(
+        tiny_model, "Hello world", pooling_type=getattr(llama_cpp, f"LLAMA_POOLING_TYPE_{kind}")
+    )
     assert out.data[0].embedding == expected
 
 
@@ -99,7 +92,7 @@ def test_normalized_vectors_are_embeds_normalized(settings: Settings, tiny_model
     with LiveServer(create_app(settings)) as server:
         out = client_for(server).embeddings.create(model="tiny", input=TEXTS[:2], encoding_format="float")
     for text, data in zip(TEXTS[:2], out.data, strict=True):
-        assert data.embedding == llama_embed(tiny_model, text, normalize=True, **MEAN)
+        assert data.embedding == reference_embedding(tiny_model, text, normalize=True, **MEAN)
     assert abs(sum(v * v for v in out.data[0].embedding) - 1.0) < 1e-9
 
 
@@ -135,7 +128,7 @@ def test_each_input_is_cached_under_its_own_key(settings: Settings, tiny_model: 
             model="tiny", input="Hello world", encoding_format="float"
         )
         assert out.headers["x-cache"] == "HIT-DISK"
-        assert out.parse().data[0].embedding == llama_embed(tiny_model, "Hello world", **MEAN)
+        assert out.parse().data[0].embedding == reference_embedding(tiny_model, "Hello world", **MEAN)
         assert not fresh.state.model.loaded
     # another normalization is another vector
     normalized = create_app(settings.model_copy(update={"embedding_normalize": True}))
@@ -262,4 +255,4 @@ def test_generation_answers_do_not_change_next_to_embeddings(client: openai.Open
         for future in generations:
             assert future.result().choices[0].text == alone.choices[0].text
         for future in vectors:
-            assert future.result().data[0].embedding == llama_embed(tiny_model, TEXTS[0], **MEAN)
+            assert future.result().data[0].embedding == reference_embedding(tiny_model, TEXTS[0], **MEAN)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.engine.model import ModelHolder, load_engine
 from tests.conftest import WrappedEngine
 

@@ -9,7 +9,7 @@ import httpx
 from fastapi.testclient import TestClient
 
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from tests.conftest import LiveServer
 
 

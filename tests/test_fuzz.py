@@ -14,7 +14,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from tests.conftest import LiveServer
 
 JSON = st.recursive(

@@ -11,7 +11,7 @@ from mangum import Mangum
 
 from handler.api.common import GATEWAY_INTEGRATION_MS, gateway_remaining_ms
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.engine.model import ModelHolder, load_engine
 from tests.conftest import FakeLambdaContext, PacedEngine, lambda_body, lambda_event
 

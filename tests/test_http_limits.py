@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service_process import service_process
+from tests.helpers.server import service_process
 
 
 @pytest.fixture(scope="module")

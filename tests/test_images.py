@@ -15,17 +15,16 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
+
+from tests.helpers.server import free_port, stop_process, wait_until_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -283,12 +282,6 @@ def test_the_install_pulls_the_pinned_boto3(build_context: Path, tmp_path: Path)
 # ---------------------------------------------------------------- the web-adapter server, started as the image starts it
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def listening_on_every_interface(port: int) -> bool:
     """Whether a socket listens on 0.0.0.0:port (Linux's /proc/net/tcp: state 0A is LISTEN)."""
     rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
@@ -327,20 +320,11 @@ def web_adapter_server(
     adapter_port = env.get("AWS_LWA_PORT") or env.get("PORT") or "8080"
     readiness = f"http://{host}:{adapter_port}{env.get('AWS_LWA_READINESS_CHECK_PATH', '/')}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                ready = httpx.get(readiness, timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, "the server exited"
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.1)
+        ready = wait_until_answers(readiness, process, 60)
         assert ready.status_code == 200, ready.text
         yield f"http://127.0.0.1:{port}", env
     finally:
-        process.terminate()
-        process.wait(15)
+        stop_process(process)
 
 
 def test_the_server_listens_on_every_interface_at_the_platforms_port(

@@ -127,7 +127,7 @@ def test_the_entry_point_answers_a_malformed_event_400(tiny_model: Path, tmp_pat
     script = (
         "import json\n"
         "from handler.lambda_handler import handler\n"
-        "from tests.conftest import FakeLambdaContext, lambda_event\n"
+        "from tests.helpers.lambda_events import FakeLambdaContext, lambda_event\n"
         "bad = lambda_event('apigw-http-v2', {'prompt': 'hi'})\n"
         "bad['body'] = 'abc'\n"
         "print(json.dumps([handler(bad, FakeLambdaContext('entry-1')), handler({}, FakeLambdaContext('entry-2'))]))\n"

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.engine.model import ModelHolder, load_engine
 from tests.conftest import LiveServer
 
@@ -26,7 +26,7 @@ model_path = sys.argv[1]
 opened = []
 sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and str(args[0]) == model_path else None)
 import handler.lambda_handler as entry
-from tests.conftest import FakeLambdaContext, lambda_event, lambda_body
+from tests.helpers.lambda_events import FakeLambdaContext, lambda_event, lambda_body
 after_import = "llama_cpp" in sys.modules
 from fastapi.openapi.models import OpenAPI
 openapi_built_at_import = OpenAPI.__pydantic_complete__

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.engine.model import ModelHolder, load_engine
 from handler.service.prompts import template_input
 from tests.conftest import LiveServer, WrappedEngine

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from tests.conftest import LiveServer
 
 A = 0x61 + 4  # the tiny vocabulary's token for "a" (4 control tokens, then the 256 bytes)

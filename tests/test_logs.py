@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.observability.logs import JsonFormatter, RequestIdFilter
 from tests.conftest import LiveServer, lines
 

@@ -15,10 +15,12 @@ import pytest
 from fastapi import FastAPI
 
 from handler.app import create_app
-from handler.core.config import Settings, load_settings
+from handler.core.config import load_settings
+from handler.core.settings import Settings
 from handler.core.types import SamplingParams
 from handler.engine.scheduler import EngineSettings, Scheduler
 from tests.conftest import LiveServer, same_generation
+from tests.helpers.reference import greedy_reference
 from tests.tiny_gguf import CONTEXT, write_tiny_lora
 
 PROMPTS = ["Once upon a time", "Hello", "The quick brown fox", "1 2 3 4 5"]
@@ -31,21 +33,6 @@ def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def params(max_tokens: int = 16) -> SamplingParams:
     return SamplingParams(max_tokens, (), 0.0, 0.95, 40, 0.05, 1.0, 0)
-
-
-def reference(
-    model: Path | str, prompt: str | list[int], max_tokens: int, lora: Path | None = None, scale: float = 1.0
-) -> dict[str, Any]:
-    """llama-cpp-python's own greedy answer, with the adapter when given."""
-    from llama_cpp import Llama
-
-    extra: dict[str, Any] = {} if lora is None else {"lora_path": str(lora), "lora_scale": scale}
-    llama = Llama(model_path=str(model), n_ctx=CONTEXT, n_threads=1, seed=0, verbose=False, **extra)
-    try:
-        out: dict[str, Any] = llama.create_completion(prompt, max_tokens=max_tokens, temperature=0)
-        return out
-    finally:
-        llama.close()
 
 
 def matches(text: str, expected: dict[str, Any], max_tokens: int) -> bool:
@@ -73,9 +60,9 @@ def test_the_adapter_changes_the_answer_as_llama_cpp_python_applies_it(
         base = scheduler.submit(tokens, params()).result(timeout=30)
         adapted = scheduler.submit(tokens, params(), lora=(str(adapter), 1.0)).result(timeout=30)
         half = scheduler.submit(tokens, params(), lora=(str(adapter), 0.5)).result(timeout=30)
-        assert matches(base.text, reference(tiny_model, tokens, 16), 16), prompt
-        assert matches(adapted.text, reference(tiny_model, tokens, 16, adapter), 16), prompt
-        assert matches(half.text, reference(tiny_model, tokens, 16, adapter, 0.5), 16), prompt
+        assert matches(base.text, greedy_reference(tiny_model, tokens, 16), 16), prompt
+        assert matches(adapted.text, greedy_reference(tiny_model, tokens, 16, adapter), 16), prompt
+        assert matches(half.text, greedy_reference(tiny_model, tokens, 16, adapter, 0.5), 16), prompt
         changed += adapted.text not in (base.text, half.text)
     assert changed == len(PROMPTS)
 
@@ -147,14 +134,14 @@ def test_a_completion_under_the_adapter_is_llama_cpp_pythons(
     client: openai.OpenAI, tiny_model: Path, adapter: Path
 ) -> None:
     out = client.completions.create(model="tiny:pirate", prompt="Once upon a time", max_tokens=16)
-    assert matches(out.choices[0].text, reference(tiny_model, "Once upon a time", 16, adapter), 16)
+    assert matches(out.choices[0].text, greedy_reference(tiny_model, "Once upon a time", 16, adapter), 16)
     assert out.model == "tiny:pirate"
     half = client.completions.create(
         model="tiny:pirate", prompt="Once upon a time", max_tokens=16, extra_body={"lora_scale": 0.5}
     )
-    assert matches(half.choices[0].text, reference(tiny_model, "Once upon a time", 16, adapter, 0.5), 16)
+    assert matches(half.choices[0].text, greedy_reference(tiny_model, "Once upon a time", 16, adapter, 0.5), 16)
     base = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=16)
-    assert matches(base.choices[0].text, reference(tiny_model, "Once upon a time", 16), 16)
+    assert matches(base.choices[0].text, greedy_reference(tiny_model, "Once upon a time", 16), 16)
     assert len({out.choices[0].text, half.choices[0].text, base.choices[0].text}) == 3
 
 

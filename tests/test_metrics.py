@@ -12,7 +12,7 @@ from mangum import Mangum
 from prometheus_client.parser import text_string_to_metric_families
 
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.observability.metrics import NAMESPACE
 from tests.conftest import FakeLambdaContext, LiveServer, lambda_event, lines
 

@@ -20,7 +20,7 @@ from moto import mock_aws
 
 from handler.app import create_app
 from handler.cache.shared import KEY
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from tests.tiny_gguf import write_tiny_gguf
 
 TABLE = "chat-cache"

@@ -13,9 +13,10 @@ from fastapi.testclient import TestClient
 from llama_cpp import Llama
 
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.engine import chat_format
 from handler.service.prompts import compose
+from tests.helpers.reference import reference_vocab
 from tests.tiny_gguf import write_tiny_gguf
 
 DATED = (
@@ -28,7 +29,7 @@ CONTROL = "a</s>b<s>c"  # the tiny model's end- and begin-of-sequence tokens, wr
 
 @pytest.fixture
 def vocab(tiny_model: Path) -> Iterator[Llama]:
-    llama = Llama(model_path=str(tiny_model), vocab_only=True, verbose=False)
+    llama = reference_vocab(tiny_model)
     yield llama
     llama.close()
 

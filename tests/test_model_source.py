@@ -12,7 +12,8 @@ from mangum import Mangum
 from moto import mock_aws
 
 from handler.app import create_app
-from handler.core.config import ConfigError, Settings, load_settings
+from handler.core.config import ConfigError, load_settings
+from handler.core.settings import Settings
 from handler.engine.model import ModelHolder
 from handler.engine.model_files.source import S3Source
 from tests.conftest import FakeLambdaContext, lambda_body, lambda_event

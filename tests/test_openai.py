@@ -18,7 +18,7 @@ from mangum import Mangum
 
 from handler.api.openai import openai_finish_reason
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from handler.core.types import ChatMessage, Completion, FinishReason
 from handler.engine.model import ModelHolder, load_engine
 from handler.service.prompts import chat_prompt, compose
@@ -33,30 +33,13 @@ from tests.conftest import (
     lines,
     same_generation,
 )
+from tests.helpers.reference import reference_completion
 from tests.tiny_gguf import write_tiny_gguf
 
 TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-
-
-def reference(settings: Settings, **call: Any) -> dict[str, Any]:
-    """The same request straight from llama-cpp-python, with the service's sampling defaults."""
-    from llama_cpp import Llama
-
-    llama = Llama(model_path=settings.model_path, n_ctx=settings.n_ctx, n_gpu_layers=0, seed=0, verbose=False)
-    sampling = dict(
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        min_p=settings.min_p,
-        repeat_penalty=settings.repeat_penalty,
-        seed=settings.seed,
-    )
-    if "messages" in call:
-        return llama.create_chat_completion(**sampling, **call)
-    return llama.create_completion(**sampling, **call)
 
 
 def test_models_list_names_the_served_model(client: openai.OpenAI) -> None:
@@ -69,7 +52,7 @@ def test_models_list_names_the_served_model(client: openai.OpenAI) -> None:
 def test_completion_is_the_raw_llama_cpp_completion(client: openai.OpenAI, settings: Settings) -> None:
     # 16 tokens, where llama-cpp-python keeps its own max_tokens (at 12 it runs on to 16: see the next test)
     out = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=16)
-    expected = reference(settings, prompt="Once upon a time", max_tokens=16)
+    expected = reference_completion(settings, prompt="Once upon a time", max_tokens=16)
     assert out.choices[0].text == expected["choices"][0]["text"]
     assert out.choices[0].finish_reason == expected["choices"][0]["finish_reason"]
     assert out.usage is not None and out.usage.model_dump(exclude_none=True) == expected["usage"]
@@ -83,7 +66,7 @@ def test_max_tokens_holds_where_llama_cpp_python_runs_past_it(client: openai.Ope
     raw = []
     for prompt in prompts:
         try:
-            raw.append(reference(settings, prompt=prompt, max_tokens=100)["usage"]["completion_tokens"])
+            raw.append(reference_completion(settings, prompt=prompt, max_tokens=100)["usage"]["completion_tokens"])
         except RuntimeError:  # llama_decode returned 1: no room left in the context
             raw.append(None)
     assert any(n is None or n > 100 for n in raw)  # the case is here
@@ -96,7 +79,7 @@ def test_max_tokens_holds_where_llama_cpp_python_runs_past_it(client: openai.Ope
 def test_chat_without_a_template_uses_the_config_template(client: openai.OpenAI, settings: Settings) -> None:
     """Tiny model has no chat template: a single user message is exactly /chat's prompt."""
     out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=10)
-    expected = reference(settings, prompt=compose(settings, "Hi"), max_tokens=10, stop=settings.stop)
+    expected = reference_completion(settings, prompt=compose(settings, "Hi"), max_tokens=10, stop=settings.stop)
     assert out.choices[0].message.content is not None
     assert same_generation(
         out.choices[0].message.content, expected["choices"][0]["text"], expected["usage"]["completion_tokens"], 10
@@ -116,7 +99,7 @@ def test_chat_with_the_models_own_template_equals_llama_cpp_chat(tmp_path: Path,
     ]
     with LiveServer(create_app(settings)) as server:
         out = client_for(server).chat.completions.create(model="templated", messages=messages, max_tokens=10)
-    expected = reference(settings, messages=messages, max_tokens=10)
+    expected = reference_completion(settings, messages=messages, max_tokens=10)
     assert out.choices[0].message.content is not None
     assert same_generation(
         out.choices[0].message.content,

@@ -19,7 +19,7 @@ import pytest
 
 from handler.cli.assemble_model import MODELS, MODELS_DIR, assemble
 from tests.conftest import lambda_body, lambda_event
-from tests.service_process import ROOT, crash_message, service_process
+from tests.helpers.server import ROOT, crash_message, service_process
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -69,7 +69,7 @@ def test_chat_through_the_lambda_entry_point_in_a_fresh_process(model: tuple[str
     code = (
         "import json, sys\n"
         "from handler.lambda_handler import handler\n"
-        "from tests.conftest import FakeLambdaContext\n"
+        "from tests.helpers.lambda_events import FakeLambdaContext\n"
         "print(json.dumps(handler(json.load(sys.stdin), FakeLambdaContext())))\n"
     )
     env = {**os.environ, **model_env(model, tmp_path / "cache"), "PYTHONPATH": str(ROOT)}

@@ -19,8 +19,8 @@ from moto import mock_aws
 from handler.app import create_app
 from handler.cache.entry import SCHEMA_VERSION
 from handler.cache.shared import ENTRY, EXPIRES, KEY
-from handler.core.config import Settings
 from handler.core.errors import ModelUnavailable
+from handler.core.settings import Settings
 from handler.engine.model import ModelHolder, load_engine
 from tests.conftest import FakeLambdaContext, WrappedEngine, lambda_body, lambda_event, replaced_result
 

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +23,8 @@ import boto3
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.server import ServiceProcess
+
 BUCKET, KEY = "models-bucket", "gguf/tiny.gguf"
 PROMPTS = [f"question {i}: what is {i} times {i + 1}?" for i in range(10)]
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -96,38 +94,11 @@ def _client_credentials() -> dict[str, str]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
+class Server(ServiceProcess):
     """`python -m handler` in a process of its own, its JSON log lines kept in a file."""
 
     def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / f"{name}.log"
-        self._out = self.log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "handler"],
-            env={**env, "PORT": str(self.port)},
-            cwd=ROOT,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{self.url}/health", timeout=1)
-                return
-            except httpx.TransportError:
-                assert self.process.poll() is None, self.log.read_text()
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.1)
+        super().__init__(env, log_dir / f"{name}.log")
 
     def chat(self, prompt: str) -> tuple[int, str, str]:
         response = httpx.post(f"{self.url}/chat", json={"prompt": prompt, "max_tokens": 16}, timeout=120)
@@ -135,6 +106,7 @@ class Server:
         return response.status_code, body.get("text", json.dumps(body)), response.headers.get("x-cache", "")
 
     def messages(self) -> list[str]:
+        assert self.log is not None
         out = []
         for line in self.log.read_text().splitlines():
             try:
@@ -143,23 +115,11 @@ class Server:
                 pass  # uvicorn's own start-up lines
         return out
 
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(15)
-        self._out.close()
-
 
 def server_env(tiny_model: Path, endpoint: str, cache_dir: Path | None, download_dir: Path) -> dict[str, str]:
     return {
-        **os.environ,
         **AWS_ENV,
         "AWS_ENDPOINT_URL": endpoint,
-        "PYTHONPATH": str(ROOT),
-        "HOST": "127.0.0.1",
         "CHAT_MODEL_PATH": f"s3://{BUCKET}/{KEY}",
         "CHAT_MODEL_SHA256": hashlib.sha256(tiny_model.read_bytes()).hexdigest(),
         "CHAT_MODEL_DOWNLOAD_DIR": str(download_dir),

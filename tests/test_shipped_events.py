@@ -24,7 +24,7 @@ KINDS = ["apigw-http-v2", "function-url", "apigw-rest-v1", "alb"]
 INVOKE = """
 import json, sys
 from handler.lambda_handler import handler
-from tests.conftest import FakeLambdaContext
+from tests.helpers.lambda_events import FakeLambdaContext
 out = {}
 for path in sys.argv[1:]:
     with open(path) as f:

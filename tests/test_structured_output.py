@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from handler.core.config import Settings
+from handler.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,7 +244,7 @@ import asyncio, json, sys
 from handler.api.openai import request_params
 from handler.api.openai_schemas import ChatCompletionRequest
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 service = create_app(Settings(model_path=sys.argv[1], cache_dir=None)).state.chat
 plain = ChatCompletionRequest.model_validate(
     {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "logprobs": True, "logit_bias": {"5": 1}}

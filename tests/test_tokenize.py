@@ -16,8 +16,9 @@ import pytest
 from fastapi import FastAPI
 
 from handler.app import create_app
-from handler.core.config import Settings
+from handler.core.settings import Settings
 from tests.conftest import LiveServer
+from tests.helpers.reference import reference_vocab
 
 TEXTS = ["Hello world", "Hé ✓ 日本", "<s>x</s>", "a"]
 MARK = "\u2581"
@@ -31,9 +32,7 @@ def http(app: FastAPI, live_server: Any) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def reference(tiny_model: Path) -> Any:
-    from llama_cpp import Llama
-
-    return Llama(model_path=str(tiny_model), n_ctx=64, n_threads=1, verbose=False, vocab_only=True)
+    return reference_vocab(tiny_model)
 
 
 @pytest.mark.parametrize("text", TEXTS)
