@@ -7,10 +7,11 @@
 - The single-flight pool (`handler.service.single_flight`, 4 threads): each waits on one distinct
   generation for the requests that share it, and stores the answer even when they have gone.
 - One stream thread per streamed generation: it waits on the generation and hands pieces to the loop.
-- The scheduler thread (`handler.engine.scheduler`), one per loaded model: it loads the model, its
-  LoRA adapters and its embedding context, and makes every llama.cpp call that computes. llama.cpp's
-  CPU backend (OpenMP) keeps a pool of worker threads for every thread that calls it; a second
-  calling thread oversubscribes the cores and slows every token, so no other thread ever decodes.
+- The scheduler thread (`handler.engine.scheduler`), one per loaded model: it loads the model and its
+  context (`handler.engine.llama_context`), its LoRA adapters and its embedding context, and makes every
+  llama.cpp call that computes. llama.cpp's CPU backend (OpenMP) keeps a pool of worker threads for
+  every thread that calls it; a second calling thread oversubscribes the cores and slows every token,
+  so no other thread ever decodes.
   Other threads only submit and tokenize.
 - The shared cache tier's writer (2 threads): a write never holds up an answer for long.
 """
