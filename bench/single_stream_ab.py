@@ -6,8 +6,10 @@ the Gemma model (`make model MODEL=gemma`).
 
 Prints the median, min and max tokens per second (completion tokens over the whole request) of each.
 --spec adds llama-server with its own prompt-lookup speculation (`--spec-type ngram-simple
---spec-draft-n-max 8`), its strongest configuration without a draft model; --copy asks for answers that
-quote their prompt (a paragraph to repeat), the workload such speculation is for.
+--spec-draft-n-max 8`), its strongest configuration without a draft model, and the service with its own
+speculation off (`CHAT_SPECULATIVE_DRAFT_MAX=0`); --copy asks for answers that quote their prompt (a
+paragraph to repeat), the workload such speculation is for, and checks that the service's whole answers
+are the same text with and without its drafts.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, start_server, stop_server
 
 MODEL = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
-SERVICE, PEER, SPEC = 8891, 8892, 8893
+SERVICE, PEER, SPEC, PLAIN = 8891, 8892, 8893, 8894
 SPEC_ARGS = ["--spec-type", "ngram-simple", "--spec-draft-n-max", "8"]
 PARAGRAPH = (
     "The lighthouse stood on the northern cliff for two hundred years. Every night its keeper climbed the "
@@ -57,14 +59,16 @@ def start(stack: ExitStack, spec: bool) -> None:
         ("llama-server", peer, PEER, None),
     ]
     if spec:
+        plain = {**env, "PORT": str(PLAIN), "CHAT_SPECULATIVE_DRAFT_MAX": "0"}
+        commands.append(("service, no drafts", [sys.executable, "-m", "handler"], PLAIN, plain))
         speculating = [*peer[: peer.index("--port")], "--port", str(SPEC), *peer[-3:], *SPEC_ARGS]
         commands.append(("llama-server+spec", speculating, SPEC, None))
     for name, command, port, extra in commands:
         stack.callback(stop_server, start_server(name, command, port, env=extra))
 
 
-def rate(port: int, stream: bool, prompt: str) -> float:
-    """Completion tokens per second of one request, first byte to last."""
+def rate(port: int, stream: bool, prompt: str) -> tuple[float, str | None]:
+    """Completion tokens per second of one request, first byte to last, and its text when whole."""
     body: dict[str, object] = {
         "model": "gemma-3-270m-q4_k_m",
         "prompt": prompt,
@@ -76,7 +80,7 @@ def rate(port: int, stream: bool, prompt: str) -> float:
         body["stream_options"] = {"include_usage": True}
     url, headers = f"http://127.0.0.1:{port}/v1/completions", {"Cache-Control": "no-cache"}
     started = time.perf_counter()
-    tokens = 0
+    tokens, text = 0, None
     with httpx.Client(timeout=60) as client:
         if stream:
             with client.stream("POST", url, json=body, headers=headers) as response:
@@ -85,8 +89,9 @@ def rate(port: int, stream: bool, prompt: str) -> float:
                         usage = json.loads(line[6:]).get("usage")
                         tokens = usage["completion_tokens"] if usage else tokens
         else:
-            tokens = client.post(url, json=body, headers=headers).json()["usage"]["completion_tokens"]
-    return tokens / (time.perf_counter() - started)
+            answer = client.post(url, json=body, headers=headers).json()
+            tokens, text = answer["usage"]["completion_tokens"], answer["choices"][0]["text"]
+    return tokens / (time.perf_counter() - started), text
 
 
 def main() -> None:
@@ -99,7 +104,9 @@ def main() -> None:
     kinds += [("llama-server, streamed", PEER, True), ("llama-server, whole", PEER, False)]
     if args.spec:
         kinds += [("llama-server+spec, streamed", SPEC, True), ("llama-server+spec, whole", SPEC, False)]
+        kinds += [("service no drafts, streamed", PLAIN, True), ("service no drafts, whole", PLAIN, False)]
     results: dict[str, list[float]] = {name: [] for name, _, _ in kinds}
+    texts: dict[str, list[str | None]] = {name: [] for name, _, _ in kinds}
     with ExitStack() as servers:
         start(servers, args.spec)
         for i in range(args.requests):
@@ -108,11 +115,16 @@ def main() -> None:
                     prompt = f"Note {i}. Repeat this paragraph exactly.\n\n{PARAGRAPH}\n\nRepeated:\n\n"
                 else:
                     prompt = f"Write one sentence about topic #{i}-{name}: the sea, in plain words."
-                results[name].append(rate(port, stream, prompt))
+                tokens_per_s, text = rate(port, stream, prompt)
+                results[name].append(tokens_per_s)
+                texts[name].append(text)
     for name, values in results.items():
         print(
-            f"{name:24} median {statistics.median(values):6.1f}  min {min(values):6.1f}  max {max(values):6.1f} tok/s"
+            f"{name:28} median {statistics.median(values):6.1f}  min {min(values):6.1f}  max {max(values):6.1f} tok/s"
         )
+    if args.spec and args.copy:
+        same = texts["service, whole"] == texts["service no drafts, whole"]
+        print("service whole answers with and without drafts:", "identical" if same else "DIFFERENT")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,18 @@ class Settings(BaseModel):
         description="Keep a finished generation's KV cache, so a request that starts with the same tokens "
         "(the system prompt and template) decodes only the rest, as llama-server's cache_prompt does.",
     )
+    speculative_draft_max: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="Prompt-lookup speculative decoding: up to this many tokens per step that a sequence copies "
+        "from where its last `speculative_ngram` tokens occurred earlier in its prompt or answer, verified "
+        "in the same decode by the sequence's own sampler, so every token is the one it draws (llama-server's "
+        "--spec-type ngram-simple); a sequence whose drafts keep failing pauses drafting. 0 turns it off.",
+    )
+    speculative_ngram: int = Field(
+        4, ge=1, le=32, description="Tokens a prompt-lookup draft matches before it proposes what followed them."
+    )
     n_threads: int | None = Field(None, ge=1, description="CPU threads; all usable cores when unset.")
     use_mmap: bool = Field(
         True,

@@ -52,6 +52,8 @@ class EngineSettings:
     flash_attn: bool = False  # llama-cpp-python's default, so answers match create_completion's
     embedding_pooling: str = "model"  # model (its declared pooling, else mean), mean, cls or last
     embedding_normalize: bool = False  # L2, as llama-cpp-python's embed(normalize=True)
+    draft_max: int = 0  # prompt-lookup draft tokens per sequence and step; 0: no speculation
+    draft_ngram: int = 4  # tokens a draft's lookup matches
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class EngineStats:
     finished: int
     decode_failures: int
     embeddings: int = 0  # embedding inputs computed
+    draft_tokens: int = 0  # prompt-lookup draft tokens verified
+    draft_tokens_accepted: int = 0  # of those, the ones the sampler drew too
 
 
 class Engine(Protocol):

@@ -57,6 +57,8 @@ def engine_settings(settings: Settings, model_path: str) -> EngineSettings:
         flash_attn=settings.flash_attn,
         embedding_pooling=settings.embedding_pooling,
         embedding_normalize=settings.embedding_normalize,
+        draft_max=settings.speculative_draft_max,
+        draft_ngram=settings.speculative_ngram,
     )
 
 

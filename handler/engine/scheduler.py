@@ -44,6 +44,7 @@ from handler.engine.embedding import EmbeddingContext
 from handler.engine.llama_context import ContextView, LlamaContext
 from handler.engine.output import SequenceOutput
 from handler.engine.slots import EmbedRequest, LoraSet, Request, Sequence, SequenceState, Slot, SlotTable
+from handler.engine.speculation import Drafter
 
 __all__ = ["EngineClosed", "EngineLoadError", "EngineSettings", "Generated", "Scheduler"]
 
@@ -73,7 +74,7 @@ class Scheduler(ContextView):
         self._embedding: EmbeddingContext | None = None  # created on the first embedding request
         self._embed_size = max(1, min(settings.n_batch, settings.n_ctx))  # tokens of one input, one decode
         names = ("steps", "batch_tokens", "prompt_tokens_reused", "generated_tokens", "finished", "decode_failures")
-        self._counters = dict.fromkeys((*names, "embeddings"), 0)
+        self._counters = dict.fromkeys((*names, "embeddings", "draft_tokens", "draft_tokens_accepted"), 0)
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -297,6 +298,8 @@ class Scheduler(ContextView):
         slot, keep = self._kv.place(request, free)
         output = SequenceOutput(request.stops, request.params.max_tokens, request.on_text)
         seq = Sequence(request, slot, chain, request.tokens[keep:], time.perf_counter(), output)
+        if self.settings.draft_max > 0:
+            seq.drafter = Drafter(request.tokens, self.settings.draft_ngram, self.settings.draft_max)
         slot.seq = seq
         self._active.append(seq)
         self._counters["prompt_tokens_reused"] += keep
@@ -325,15 +328,40 @@ class Scheduler(ContextView):
             seq.decoded()
             if seq.logits_index < 0:
                 continue  # a prompt not finished yet
-            logits = llama.logits(seq.logits_index) if seq.request.params.logprobs is not None else None
-            sampled = llama.sample(seq.chain, seq.logits_index)
             try:
-                reason = self._accept(seq, sampled, logits)
+                reason = self._sample(seq)
             except Exception as exc:  # the caller's on_text failed: that request ends, the others go on
+                self._kv.truncate(seq, self._kept_cells(seq, 0))
                 self._fail(seq, exc, keep_cache=True)
                 continue
             if reason is not None:
                 self._finish(seq, reason)
+
+    def _sample(self, seq: Sequence) -> FinishReason | None:
+        """The sequence's next token, and after it each draft the sampler draws too, from the logits the
+        draft before it produced; the cells of drafts it did not draw are dropped."""
+        llama, drafts = self._llama, seq.drafts
+        accepted = 0
+        reason = None
+        for index in range(seq.logits_index, seq.logits_index + len(drafts) + 1):
+            logits = llama.logits(index) if seq.request.params.logprobs is not None else None
+            token = llama.sample(seq.chain, index)
+            reason = self._accept(seq, token, logits)
+            if reason is not None or accepted == len(drafts) or token != drafts[accepted]:
+                break
+            accepted += 1  # its cell holds this very token: the logits after it are the next ones
+        if drafts:
+            assert seq.drafter is not None
+            seq.drafter.verified(len(drafts), accepted)
+            self._counters["draft_tokens"] += len(drafts)
+            self._counters["draft_tokens_accepted"] += accepted
+            self._kv.truncate(seq, self._kept_cells(seq, accepted))
+        return reason
+
+    @staticmethod
+    def _kept_cells(seq: Sequence, accepted: int) -> int:
+        """The cells that hold the context after this step: all but the drafts not accepted."""
+        return len(seq.slot.cached) - len(seq.drafts) + accepted
 
     def _turn(self) -> LoraSet:
         """The adapter set this step decodes: with one set running (the usual case), that one; with
@@ -357,17 +385,26 @@ class Scheduler(ContextView):
 
         def put(seq: Sequence, token: int, want_logits: bool) -> None:
             index = llama.add_to_batch(token, len(seq.slot.cached) + len(seq.batch_tokens), seq.slot.id, want_logits)
-            if want_logits:
-                seq.logits_index = index
+            if want_logits and seq.logits_index < 0:
+                seq.logits_index = index  # the first sampled token's; drafts' logits follow it
             seq.batch_tokens.append(token)
 
-        in_batch: list[Sequence] = []
         for seq in self._active:
             seq.batch_tokens = []
             seq.logits_index = -1
-            if seq.state is SequenceState.DECODING and seq.request.lora == lora:
-                put(seq, seq.next_token, True)
-                in_batch.append(seq)
+            seq.drafts = []
+        decoding = [s for s in self._active if s.state is SequenceState.DECODING and s.request.lora == lora]
+        for placed, seq in enumerate(decoding, start=1):
+            put(seq, seq.next_token, True)
+            if seq.drafter is not None:
+                # drafts only where an accepted one could still be part of the answer (the request's KV
+                # reservation covers them), in the room the decoding tokens still to place leave
+                budget = seq.request.params.max_tokens - seq.output.n_tokens - 1
+                room = llama.batch_size - llama.batch_used - (len(decoding) - placed)
+                seq.drafts = seq.drafter.draft(min(budget, room))
+                for token in seq.drafts:
+                    put(seq, token, True)
+        in_batch = list(decoding)
         for seq in self._active:
             room = llama.batch_size - llama.batch_used
             if seq.state is SequenceState.PREFILL and room > 0 and seq.request.lora == lora:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from handler.core.types import FinishReason, SamplingParams
 from handler.engine.contract import Generated
 from handler.engine.output import SequenceOutput
+from handler.engine.speculation import Drafter
 
 # (adapter file, scale) a sequence decodes under; None: the model alone
 LoraSet = tuple[str, float] | None
@@ -138,9 +139,12 @@ class Sequence:
     output: SequenceOutput
     state: SequenceState = SequenceState.PREFILL
     next_token: int = -1  # sampled, to be fed back next step (DECODING)
-    # this step's share of the batch
+    drafter: Drafter | None = None  # prompt-lookup drafts, when speculation is on
+    # this step's share of the batch: its tokens, where the first sampled token's logits are, and the
+    # drafts after it (each with its logits, at the indices that follow)
     batch_tokens: list[int] = field(default_factory=list)
     logits_index: int = -1
+    drafts: list[int] = field(default_factory=list)
 
     def decoded(self) -> None:
         """This step's batch tokens are in its cells now."""
@@ -152,6 +156,8 @@ class Sequence:
         """A sampled token that does not end the answer: decoded next step."""
         self.next_token = token
         self.state = SequenceState.DECODING
+        if self.drafter is not None:
+            self.drafter.append(token)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -264,6 +270,13 @@ class SlotTable:
         self._admissions += 1
         slot.last_used = self._admissions
         return slot, keep
+
+    def truncate(self, seq: Sequence, length: int) -> None:
+        """Drop the sequence's cells from position `length` on: drafts that were not accepted."""
+        slot = seq.slot
+        if length < len(slot.cached):
+            self._memory.seq_rm(slot.id, length, -1)
+            del slot.cached[length:]
 
     def release(self, seq: Sequence, keep_cache: bool) -> None:
         """The sequence's reservation and slot; its cells stay as a prompt cache if `keep_cache`."""

@@ -172,6 +172,12 @@ def state_metrics(stats: ServiceStats) -> Iterator[Any]:
         "Prompt tokens not decoded thanks to a cached prefix",
         value=engine.prompt_tokens_reused,
     )
+    yield CounterMetricFamily(
+        "chat_engine_draft_tokens", "Prompt-lookup draft tokens verified", value=engine.draft_tokens
+    )
+    yield CounterMetricFamily(
+        "chat_engine_draft_tokens_accepted", "Draft tokens the sampler drew too", value=engine.draft_tokens_accepted
+    )
 
 
 class NoMetrics:
