@@ -68,6 +68,27 @@ def test_metrics_and_health_show_the_same_engine_gauges(settings: Settings) -> N
     assert got[("chat_engine_sequences_running", ())] == 0
 
 
+def test_the_engine_metrics_move_while_a_generation_runs(settings: Settings) -> None:
+    """Read during a streamed generation: one sequence running, its cells in use; after it, its first
+    token and the tokens after it are in the latency histograms."""
+    app = create_app(settings.model_copy(update={"metrics": "prometheus", "speculative_draft_max": 0}))
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        body = {"model": "tiny", "prompt": "a long story", "max_tokens": 200, "stream": True}
+        with http.stream("POST", "/v1/completions", json=body) as response:
+            lines = response.iter_lines()
+            next(line for line in lines if line.startswith("data: {"))  # the first piece is out
+            during = samples(http.get("/metrics").text)
+            for _ in lines:
+                pass
+        after = samples(http.get("/metrics").text)
+    assert during[("chat_engine_sequences_running", ())] == 1
+    assert during[("chat_engine_kv_cache_usage_ratio", ())] > 0
+    assert after[("chat_engine_sequences_running", ())] == 0
+    assert after[("chat_engine_time_to_first_token_seconds_count", ())] == 1
+    assert after[("chat_engine_inter_token_latency_seconds_count", ())] >= 100
+    assert after[("chat_engine_prompt_tokens_total", ())] >= 3
+
+
 def test_the_request_line_says_when_the_model_loaded_and_how_fast_it_generated(
     settings: Settings, access_log: io.StringIO
 ) -> None:

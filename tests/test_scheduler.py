@@ -540,7 +540,7 @@ def test_embeddings_come_between_steps_and_change_no_answer(engine: Factory, tin
     prompts = [tokens(scheduler, p) for p in PROMPTS[:4]]
     p = params(32)
     assert scheduler.submit(prompts[0], p).result(timeout=30).completion_tokens > 0
-    assert scheduler._embedding is None  # generation alone never makes it
+    assert scheduler._embeds._context is None  # generation alone never makes it
     texts = PROMPTS[4:]
     inputs = [scheduler.tokenize(t, add_bos=True, special=False) for t in texts]
     generations = [scheduler.submit(t, p) for t in prompts]

@@ -39,6 +39,7 @@ async def health(service: ChatServiceDep, authenticated: AuthenticatedDep) -> He
             running=engine.active,
             waiting=engine.waiting,
             kv_cells=engine.n_ctx,
+            kv_cells_used=engine.used_cells,
             kv_cells_reserved=engine.reserved_cells,
             kv_cells_cached=engine.cached_cells,
             prompt_tokens_reused=engine.prompt_tokens_reused,

@@ -69,6 +69,7 @@ class EngineStatus(BaseModel):
     running: int = Field(description="Sequences admitted and not finished.")
     waiting: int = Field(description="Requests submitted and not admitted yet.")
     kv_cells: int = Field(description="KV cells in the pool.")
+    kv_cells_used: int = Field(description="KV cells holding tokens: the running sequences' and the idle caches'.")
     kv_cells_reserved: int = Field(description="KV cells the running sequences may fill (prompt and max_tokens).")
     kv_cells_cached: int = Field(description="KV cells idle slots keep for prefix reuse.")
     prompt_tokens_reused: int = Field(description="Prompt tokens not decoded thanks to a cached prefix, in all.")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from handler.core.types import FinishReason, SamplingParams, TokenLogprob
+from handler.engine.latency import HistogramSnapshot
 
 
 class EngineError(RuntimeError):
@@ -86,6 +87,10 @@ class EngineStats:
     embeddings: int = 0  # embedding inputs computed
     draft_tokens: int = 0  # prompt-lookup draft tokens verified
     draft_tokens_accepted: int = 0  # of those, the ones the sampler drew too
+    prompt_tokens: int = 0  # prompt tokens of the sequences admitted, reused or decoded
+    used_cells: int = 0  # KV cells holding tokens now: the running sequences' and the idle caches'
+    time_to_first_token: HistogramSnapshot | None = None  # seconds from submit to the first token
+    inter_token_latency: HistogramSnapshot | None = None  # seconds between a sequence's tokens
 
 
 class Engine(Protocol):

@@ -3,13 +3,15 @@ pooled, that decodes one input at a time as llama-cpp-python's `Llama.embed` dec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import llama_cpp
 import numpy as np
 
 from handler.engine.contract import DecodeError
+from handler.engine.slots import EmbedRequest
 
 POOLING = {
     "mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
@@ -92,3 +94,34 @@ class EmbeddingContext:
     def free(self) -> None:
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
+
+
+class EmbeddingQueue:
+    """Embedding inputs waiting for the scheduler thread, served one per step (so a long list never stalls
+    the generations for more than one input), on a context made for the first one: a service that
+    never embeds pays nothing."""
+
+    def __init__(self, make_context: Callable[[], EmbeddingContext]) -> None:
+        self.waiting: deque[EmbedRequest] = deque()
+        self.computed = 0
+        self._make_context = make_context
+        self._context: EmbeddingContext | None = None
+
+    def serve_one(self) -> None:
+        request = self.waiting.popleft()
+        if not request.future.set_running_or_notify_cancel():
+            return
+        try:
+            if self._context is None:
+                self._context = self._make_context()
+            vector = self._context.embed(request.tokens)
+        except DecodeError as exc:
+            request.future.set_exception(exc)
+            return
+        self.computed += 1
+        request.future.set_result(vector)
+
+    def free(self) -> None:
+        if self._context is not None:
+            self._context.free()
+            self._context = None

@@ -40,10 +40,20 @@ from handler.engine.contract import (
     Generated,
     InvalidRequest,
 )
-from handler.engine.embedding import EmbeddingContext
+from handler.engine.embedding import EmbeddingQueue
+from handler.engine.latency import TokenLatency
 from handler.engine.llama_context import ContextView, LlamaContext
 from handler.engine.output import SequenceOutput
-from handler.engine.slots import EmbedRequest, LoraSet, Request, Sequence, SequenceState, Slot, SlotTable
+from handler.engine.slots import (
+    EmbedRequest,
+    LoraSet,
+    Request,
+    Sequence,
+    SequenceState,
+    Slot,
+    SlotTable,
+    next_lora_set,
+)
 from handler.engine.speculation import Drafter
 
 __all__ = ["EngineClosed", "EngineLoadError", "EngineSettings", "Generated", "Scheduler"]
@@ -70,11 +80,12 @@ class Scheduler(ContextView):
         self._waiting: deque[Request] = deque()
         self._active: list[Sequence] = []  # in admission order: prompt chunks are served in it
         self._last_set: LoraSet = None  # the set the last step decoded, for the turn of the next
-        self._embeds: deque[EmbedRequest] = deque()
-        self._embedding: EmbeddingContext | None = None  # created on the first embedding request
         self._embed_size = max(1, min(settings.n_batch, settings.n_ctx))  # tokens of one input, one decode
+        self._embeds = EmbeddingQueue(lambda: self._llama.embedding_context(self._embed_size))
         names = ("steps", "batch_tokens", "prompt_tokens_reused", "generated_tokens", "finished", "decode_failures")
-        self._counters = dict.fromkeys((*names, "embeddings", "draft_tokens", "draft_tokens_accepted"), 0)
+        more = ("draft_tokens", "draft_tokens_accepted", "prompt_tokens")
+        self._counters = dict.fromkeys((*names, *more), 0)
+        self._latency = TokenLatency()
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -118,15 +129,13 @@ class Scheduler(ContextView):
         for seq in self._active:
             self._llama.free_chain(seq.chain)
         self._active = []
-        if self._embedding is not None:
-            self._embedding.free()
-            self._embedding = None
+        self._embeds.free()
         self._llama.free()
 
     def _take_incoming(self) -> None:  # under _cond
         self._waiting.extend(self._incoming)
         self._incoming.clear()
-        self._embeds.extend(self._embed_incoming)
+        self._embeds.waiting.extend(self._embed_incoming)
         self._embed_incoming.clear()
 
     def _run(self, loaded: Future[None]) -> None:
@@ -147,7 +156,7 @@ class Scheduler(ContextView):
                         or self._waiting
                         or self._active
                         or self._embed_incoming
-                        or self._embeds
+                        or self._embeds.waiting
                     ):
                         self._cond.wait()  # idle: no spinning
                     if self._closing:
@@ -164,12 +173,12 @@ class Scheduler(ContextView):
         error = EngineClosed("the model scheduler stopped" + (f": {fault!r}" if fault else ""))
         for seq in list(self._active):
             self._fail(seq, error)
-        unstarted: list[Request | EmbedRequest] = [*self._waiting, *self._embeds]
+        unstarted: list[Request | EmbedRequest] = [*self._waiting, *self._embeds.waiting]
         for request in unstarted:
             if not request.future.done():
                 request.future.set_exception(error)
         self._waiting.clear()
-        self._embeds.clear()
+        self._embeds.waiting.clear()
         self._free()
 
     # ---- any thread (the vocabulary and the model's sizes: ContextView's) ----------------------
@@ -193,6 +202,10 @@ class Scheduler(ContextView):
             n_ctx=self._llama.n_ctx,
             reserved_cells=self._kv.reserved,
             cached_cells=self._kv.cached_cells(),
+            used_cells=self._kv.used_cells(),
+            time_to_first_token=self._latency.time_to_first_token.snapshot(),
+            inter_token_latency=self._latency.inter_token.snapshot(),
+            embeddings=self._embeds.computed,
             **self._counters,
         )
 
@@ -242,26 +255,8 @@ class Scheduler(ContextView):
         self._admit()
         if self._active:
             self._decode_step()
-        if self._embeds:
-            self._embed_next()
-
-    def _embedder(self) -> EmbeddingContext:
-        """Created once, on the first embedding request: a service that never embeds pays nothing."""
-        if self._embedding is None:
-            self._embedding = self._llama.embedding_context(self._embed_size)
-        return self._embedding
-
-    def _embed_next(self) -> None:
-        request = self._embeds.popleft()
-        if not request.future.set_running_or_notify_cancel():
-            return
-        try:
-            vector = self._embedder().embed(request.tokens)
-        except DecodeError as exc:
-            request.future.set_exception(exc)
-            return
-        self._counters["embeddings"] += 1
-        request.future.set_result(vector)
+        if self._embeds.waiting:
+            self._embeds.serve_one()
 
     def _expire_waiting(self, now: float) -> None:
         """Waiting requests that were cancelled or ran out of time are answered without a slot."""
@@ -303,6 +298,7 @@ class Scheduler(ContextView):
         slot.seq = seq
         self._active.append(seq)
         self._counters["prompt_tokens_reused"] += keep
+        self._counters["prompt_tokens"] += len(request.tokens)
 
     def _decode_step(self) -> None:
         """One llama_decode for every active sequence, then one sample each where a token is due."""
@@ -343,6 +339,7 @@ class Scheduler(ContextView):
         llama, drafts = self._llama, seq.drafts
         accepted = 0
         reason = None
+        before = seq.output.n_tokens
         for index in range(seq.logits_index, seq.logits_index + len(drafts) + 1):
             logits = llama.logits(index) if seq.request.params.logprobs is not None else None
             token = llama.sample(seq.chain, index)
@@ -356,6 +353,9 @@ class Scheduler(ContextView):
             self._counters["draft_tokens"] += len(drafts)
             self._counters["draft_tokens_accepted"] += accepted
             self._kv.truncate(seq, self._kept_cells(seq, accepted))
+        if seq.output.n_tokens > before:
+            produced = seq.output.n_tokens - before
+            seq.last_token_at = self._latency.tokens(produced, seq.request.submitted, seq.last_token_at)
         return reason
 
     @staticmethod
@@ -364,18 +364,8 @@ class Scheduler(ContextView):
         return len(seq.slot.cached) - len(seq.drafts) + accepted
 
     def _turn(self) -> LoraSet:
-        """The adapter set this step decodes: with one set running (the usual case), that one; with
-        several, in the order of their oldest sequences, the one after the set decoded last step, so
-        that each gets every n-th step."""
-        sets = list(dict.fromkeys(seq.request.lora for seq in self._active))
-        if len(sets) == 1:
-            chosen = sets[0]
-        elif self._last_set in sets:
-            chosen = sets[(sets.index(self._last_set) + 1) % len(sets)]
-        else:
-            chosen = sets[0]
-        self._last_set = chosen
-        return chosen
+        self._last_set = next_lora_set([seq.request.lora for seq in self._active], self._last_set)
+        return self._last_set
 
     def _fill_batch(self, lora: LoraSet = None) -> list[Sequence]:
         """First every decoding sequence's next token, then prompt chunks in admission order in the

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class Request:
     future: Future[Generated]
     stops: list[bytes]  # non-empty stop strings, matched on bytes as llama-cpp-python does
     lora: LoraSet = None
+    submitted: float = field(default_factory=time.perf_counter)
 
     @classmethod
     def new(
@@ -140,6 +142,7 @@ class Sequence:
     state: SequenceState = SequenceState.PREFILL
     next_token: int = -1  # sampled, to be fed back next step (DECODING)
     drafter: Drafter | None = None  # prompt-lookup drafts, when speculation is on
+    last_token_at: float = 0.0  # time.perf_counter() of its latest token; 0: none yet
     # this step's share of the batch: its tokens, where the first sampled token's logits are, and the
     # drafts after it (each with its logits, at the indices that follow)
     batch_tokens: list[int] = field(default_factory=list)
@@ -158,6 +161,16 @@ class Sequence:
         self.state = SequenceState.DECODING
         if self.drafter is not None:
             self.drafter.append(token)
+
+
+def next_lora_set(running: list[LoraSet], last: LoraSet) -> LoraSet:
+    """The adapter set a step decodes, from the running sequences' sets in admission order: with one set
+    (the usual case), that one; with several, in the order of their oldest sequences, the one after the
+    set decoded last step, so that each gets every n-th step."""
+    sets = list(dict.fromkeys(running))
+    if len(sets) == 1 or last not in sets:
+        return sets[0]
+    return sets[(sets.index(last) + 1) % len(sets)]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -200,6 +213,9 @@ class SlotTable:
 
     def cached_cells(self) -> int:
         return sum(len(s.cached) for s in list(self.slots) if s.seq is None)
+
+    def used_cells(self) -> int:
+        return sum(len(s.cached) for s in list(self.slots))
 
     def free_slots_for(self, request: Request) -> list[Slot]:
         """The free slots, where the request's worst case fits next to the running ones'; else none."""

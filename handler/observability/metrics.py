@@ -135,7 +135,7 @@ class PrometheusMetrics:
 
 def state_metrics(stats: ServiceStats) -> Iterator[Any]:
     """What the service holds at scrape time, as Prometheus metric families."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
     tiers = stats.tiers()
     hits = CounterMetricFamily("chat_cache_hits", "Answers served from each cache tier", labels=["tier"])
@@ -172,6 +172,29 @@ def state_metrics(stats: ServiceStats) -> Iterator[Any]:
         "Prompt tokens not decoded thanks to a cached prefix",
         value=engine.prompt_tokens_reused,
     )
+    yield CounterMetricFamily(
+        "chat_engine_prompt_tokens",
+        "Prompt tokens of admitted sequences, reused or decoded",
+        value=engine.prompt_tokens,
+    )
+    yield GaugeMetricFamily(
+        "chat_engine_kv_cache_usage_ratio",
+        "KV cells holding tokens (running sequences and idle caches) over the pool",
+        value=engine.used_cells / engine.n_ctx if engine.n_ctx else 0.0,
+    )
+    for name, doc, histogram in (
+        (
+            "chat_engine_time_to_first_token_seconds",
+            "From submit to a sequence's first token",
+            engine.time_to_first_token,
+        ),
+        ("chat_engine_inter_token_latency_seconds", "Between a sequence's tokens", engine.inter_token_latency),
+    ):
+        if histogram is not None:
+            buckets = [(str(bound), count) for bound, count in zip(histogram.buckets, histogram.counts, strict=False)]
+            yield HistogramMetricFamily(
+                name, doc, buckets=[*buckets, ("+Inf", histogram.count)], sum_value=histogram.total
+            )
     yield CounterMetricFamily(
         "chat_engine_draft_tokens", "Prompt-lookup draft tokens verified", value=engine.draft_tokens
     )
