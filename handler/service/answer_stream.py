@@ -32,6 +32,11 @@ class AnswerStream:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._head: tuple[str, Any] | None = None
+        # Text from the generating thread waits here until the event loop takes it: one wake-up of the
+        # loop for however many pieces came meanwhile (the loop shares the cores with llama.cpp's threads).
+        self._pending: list[str] = []
+        self._delivery_due = False
+        self._pending_lock = threading.Lock()
 
     @classmethod
     def of(cls, answer: Answer) -> AnswerStream:
@@ -41,7 +46,19 @@ class AnswerStream:
         return stream
 
     def put_text(self, text: str) -> None:
-        self._send(("text", text))
+        with self._pending_lock:
+            self._pending.append(text)
+            if self._delivery_due:
+                return
+            self._delivery_due = True
+        self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._pending_lock:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._delivery_due = False
+        self._queue.put_nowait(("text", text))
 
     def finish(self, completion: Completion) -> None:
         self._send(("done", completion))
@@ -50,6 +67,7 @@ class AnswerStream:
         self._send(("error", exc))
 
     def _send(self, item: tuple[str, Any]) -> None:
+        # after any text delivery already due: the loop runs its callbacks in order
         self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     def cancel(self) -> None:
