@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from handler.api import chat, embeddings, health, openai, tokens
+from handler.api import chat, embeddings, health, messages, openai, responses, tokens
 from handler.cache.response_cache import ResponseCache
 from handler.core.config import load_settings
 from handler.core.settings import Settings
@@ -17,6 +17,7 @@ from handler.engine.model import ModelHolder
 from handler.middleware.auth import ApiKeyMiddleware, ApiKeys
 from handler.middleware.body_limit import BodyLimitMiddleware
 from handler.middleware.error_responses import install_error_handlers
+from handler.middleware.json_body import JsonBodyMiddleware
 from handler.middleware.request_context import RequestContextMiddleware
 from handler.observability.logs import configure_logging
 from handler.observability.metrics import PrometheusMetrics, make_metrics
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     app.state.chat = ChatService(settings, app.state.served, cache)
     app.state.embeddings = EmbeddingService(settings, app.state.served, cache)
     install_error_handlers(app)
+    app.add_middleware(JsonBodyMiddleware)  # inside the body limit: it reads a whole, bounded body
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds)
     app.add_middleware(ApiKeyMiddleware, keys=ApiKeys(settings))
     app.state.metrics = make_metrics(settings.metrics, app.state.chat)
@@ -62,6 +64,8 @@ def create_app(settings: Settings | None = None, *, model: ModelHolder | None = 
     app.add_middleware(RequestContextMiddleware, record=app.state.metrics.record)
     app.include_router(chat.router)
     app.include_router(openai.router)
+    app.include_router(responses.router)
+    app.include_router(messages.router)
     app.include_router(embeddings.router)
     app.include_router(tokens.router)
     app.include_router(health.router)

@@ -184,7 +184,7 @@ def test_anything_that_changes_the_answer_misses(http: httpx.Client, change: dic
     ("extra", "param"),
     [
         ({"n": 2}, "n"),
-        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"functions": [{"name": "f"}]}, "functions"),  # the deprecated form of tools
         ({"frobnicate": 1}, "frobnicate"),
     ],
 )

@@ -17,9 +17,11 @@ from handler.api.openai import ERRORS
 from handler.api.openai_schemas import Text
 from handler.cache.policy import CacheMode, cache_policy
 from handler.core.errors import BadRequest
+from handler.core.types import EmbeddingInput
 from handler.service.embedding_service import EmbeddingService
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
+TokenId = Annotated[int, Field(ge=0, strict=True)]
 
 
 async def get_embedding_service(request: Request) -> EmbeddingService:
@@ -34,7 +36,11 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Text = Field(description="The served model's id, as `GET /v1/models` lists it.")
-    input: Text | list[Text] = Field(description="A string, or a list of strings: one vector each, in order.")
+    input: Text | list[Text] | list[TokenId] | list[list[TokenId]] = Field(
+        description="A string, a list of strings, a list of token ids (one input) or a list of lists of token ids: "
+        "one vector each, in order. Token ids are the served model's own (POST /tokenize) and are embedded as "
+        "they are, with no begin-of-sequence token added."
+    )
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="`base64`: each vector as little-endian float32 bytes, base64-encoded (as OpenAI's)."
     )
@@ -46,14 +52,30 @@ class EmbeddingRequest(BaseModel):
 
     @field_validator("input", mode="before")
     @classmethod
-    def _text_only(cls, value: object) -> object:
-        """OpenAI also takes token ids; this service embeds text only, and says so."""
-        if isinstance(value, list) and any(isinstance(item, int | list) for item in value):
-            raise ValueError("token ids are not accepted here; send the text (a string or a list of strings)")
-        return value
+    def _one_kind(cls, value: object) -> object:
+        """What OpenAI takes, said in one message rather than one per member of the union."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and (
+            all(isinstance(item, str) for item in value)
+            or all(is_token_id(item) for item in value)
+            or all(isinstance(item, list) and all(is_token_id(t) for t in item) for item in value)
+        ):
+            return value
+        raise ValueError(
+            "a string, a list of strings, a list of token ids or a list of lists of token ids (non-negative integers)"
+        )
 
-    def inputs(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
+    def inputs(self) -> list[EmbeddingInput]:
+        """One entry per vector to answer: a text, or a tuple of token ids."""
+        given: list[Any] = [self.input] if isinstance(self.input, str) else list(self.input)
+        if given and all(isinstance(item, int) for item in given):
+            return [tuple(given)]
+        return [item if isinstance(item, str) else tuple(item) for item in given]
+
+
+def is_token_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class EmbeddingData(BaseModel):

@@ -18,30 +18,30 @@ from starlette.concurrency import run_in_threadpool
 
 from handler.api.common import log_answer, remaining_ms
 from handler.api.deps import ChatServiceDep, ServedModelsDep
-from handler.api.openai_schemas import (
+from handler.api.openai_answers import (
     AssistantMessage,
     ChatChoice,
-    ChatCompletionRequest,
     ChatCompletionResponse,
     ChatLogprobs,
     ChatTokenLogprob,
     ChatTopLogprob,
     CompletionChoice,
     CompletionLogprobs,
-    CompletionRequest,
     CompletionResponse,
     ModelCard,
     ModelList,
-    OpenAIRequest,
+    ToolCallOut,
     Usage,
 )
+from handler.api.openai_schemas import ChatCompletionRequest, CompletionRequest, OpenAIRequest
 from handler.api.schemas import ErrorResponse
 from handler.api.sse import ChunkBuilder, events, sse_response
 from handler.cache.policy import cache_policy
-from handler.core.types import ChatMessage, ChatPrompt, Completion, FinishReason, Lora, Prompt, SamplingParams
+from handler.core.types import ChatPrompt, Completion, FinishReason, Lora, Prompt, SamplingParams, ToolCall
 from handler.engine.grammar import json_grammar
 from handler.service.chat_service import ChatService
 from handler.service.prompts import chat_prompt, completion_input
+from handler.service.tool_calls import ParsedAnswer, ToolStream, argument_pieces, has_tool_history, plan_tools
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 
@@ -71,7 +71,7 @@ async def get_model(model_id: str, served: ServedModelsDep) -> ModelCard:
 async def request_params(service: ChatService, body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
     """The request's own values over the service's defaults; its stop strings replace config's."""
     body.unsupported()
-    params = service.params_for(max_tokens)
+    params = service.params_for(max_tokens, param=body.max_tokens_param())
     logprobs = body.logprobs_asked()
     structured, schema = body.structured_schema()
     # The converter imports llama_cpp (once, on a thread: it loads the library); plain requests never do.
@@ -193,7 +193,8 @@ async def respond(
     include_usage = body.stream_options is not None and body.stream_options.include_usage
 
     def usage_chunk(completion: Completion) -> dict[str, Any]:
-        return {**chunk(None, None), "choices": [], "usage": usage(completion).model_dump()}
+        bare = chunk(None, None)
+        return {**(bare if isinstance(bare, dict) else bare[0]), "choices": [], "usage": usage(completion).model_dump()}
 
     def finished(completion: Completion) -> None:
         log_answer(request, stream.source, completion, logged_prompt, stream=True)
@@ -255,13 +256,22 @@ async def chat_completions(
     """Messages formatted by the model's own chat template (GGUF metadata), or by the config's
     System/Human/Assistant template when the model has none."""
     lora = service.served.lora_for(body.model, body.lora_scale)
-    messages = [ChatMessage("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
-    prompt = chat_prompt(service.settings, messages)
+    messages = [m.message() for m in body.messages]
+    tools = body.tool_request()
+    plan = None
+    if tools is not None or has_tool_history(messages):
+        # How tools are called depends on the model's template; making their grammar imports llama_cpp.
+        plan = await run_in_threadpool(plan_tools, tools, messages, await service.chat_template())
+    rendered = list(plan.messages) if plan is not None else messages
+    prompt = chat_prompt(service.settings, rendered, plan.tools if plan is not None else ())
     service.check_prompt((prompt.fallback if isinstance(prompt, ChatPrompt) else prompt).full_text)
     params = await request_params(service, body, body.max_completion_tokens or body.max_tokens)
+    if plan is not None and plan.grammar is not None:
+        params = dataclasses.replace(params, grammar=plan.grammar)
     rid, created, model = response_id(request, "chatcmpl"), int(time.time()), body.model
 
     def build(completion: Completion) -> ChatCompletionResponse:
+        answer = plan.parse(completion.text, rid) if plan is not None else ParsedAnswer(completion.text)
         return ChatCompletionResponse(
             id=rid,
             created=created,
@@ -269,28 +279,66 @@ async def chat_completions(
             usage=usage(completion),
             choices=[
                 ChatChoice(
-                    message=AssistantMessage(content=completion.text),
+                    message=AssistantMessage(
+                        content=answer.content, tool_calls=[ToolCallOut.of(c) for c in answer.calls] or None
+                    ),
                     logprobs=chat_logprobs(completion),
-                    finish_reason=openai_finish_reason(completion),
+                    finish_reason=tool_finish_reason(completion, answer.calls),
                 )
             ],
         )
 
     first = True
 
-    def chunk(text: str | None, last: Completion | None) -> dict[str, Any]:
-        """Text chunks carry no logprobs: the last chunk carries them all."""
+    def delta_chunk(delta: dict[str, Any], last: Completion | None, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
+        """Delta chunks carry no logprobs: the last chunk carries them all."""
         nonlocal first
-        delta: dict[str, Any] = {} if text is None else {"content": text}
-        if first and text is not None:
-            delta["role"], first = "assistant", False
+        if first and delta:
+            delta, first = {**delta, "role": "assistant"}, False
         logprobs = None if last is None else chat_logprobs(last)
         choice = {
             "index": 0,
             "delta": delta,
             "logprobs": None if logprobs is None else logprobs.model_dump(),
-            "finish_reason": None if last is None else openai_finish_reason(last),
+            "finish_reason": None if last is None else tool_finish_reason(last, calls),
         }
         return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]}
 
-    return await respond(request, response, service, body, prompt, params, messages[-1].content, build, chunk, lora)
+    def chunk(text: str | None, last: Completion | None) -> dict[str, Any]:
+        return delta_chunk({} if text is None else {"content": text}, last)
+
+    stream_chunk = chunk if plan is None or not plan.reads_calls else tool_chunks(plan.stream(rid), delta_chunk)
+    last = messages[-1].content
+    return await respond(request, response, service, body, prompt, params, last, build, stream_chunk, lora)
+
+
+def tool_finish_reason(completion: Completion, calls: tuple[ToolCall, ...]) -> str:
+    """`tool_calls` for a whole answer that calls tools; otherwise as any answer."""
+    return "tool_calls" if calls and completion.finish_reason == FinishReason.STOP else openai_finish_reason(completion)
+
+
+DeltaChunk = Callable[[dict[str, Any], Completion | None, tuple[ToolCall, ...]], dict[str, Any]]
+
+
+def tool_chunks(reader: ToolStream, delta_chunk: DeltaChunk) -> ChunkBuilder:
+    """Chat chunks for an answer that may call tools, as OpenAI streams them: its text as it is known to be
+    text; then for each call its `id`, `type` and `function.name` (with empty arguments), then its
+    `function.arguments` in pieces; then the last chunk, `finish_reason: "tool_calls"`."""
+
+    def build(text: str | None, last: Completion | None) -> dict[str, Any] | list[dict[str, Any]]:
+        if last is None:
+            if text is None:
+                return delta_chunk({}, None, ())
+            known = reader.feed(text)
+            return [delta_chunk({"content": known}, None, ())] if known else []
+        rest, calls = reader.finish(last.text)
+        bodies = [delta_chunk({"content": rest}, None, ())] if rest else []
+        for index, call in enumerate(calls):
+            head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+            bodies.append(delta_chunk({"tool_calls": [head]}, None, ()))
+            for piece in argument_pieces(call.arguments):
+                fragment = {"index": index, "function": {"arguments": piece}}
+                bodies.append(delta_chunk({"tool_calls": [fragment]}, None, ()))
+        return [*bodies, delta_chunk({}, last, calls)]
+
+    return build

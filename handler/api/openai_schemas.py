@@ -1,4 +1,4 @@
-"""Request and response bodies of the OpenAI-compatible routes, shaped as the OpenAI API shapes them.
+"""Request bodies of the OpenAI-compatible routes, shaped as the OpenAI API shapes them.
 
 Requests allow unknown fields only so that `unsupported()` can name each one in a 400: a
 parameter this engine cannot honour is refused, never silently ignored.
@@ -6,14 +6,16 @@ parameter this engine cannot honour is refused, never silently ignored.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from handler.cache.policy import CacheMode
 from handler.core.errors import BadRequest
-from handler.core.types import LogitBias
+from handler.core.types import NO_PARAMETERS, ChatMessage, LogitBias, ToolCall, ToolSpec
+from handler.service.tool_calls import ToolChoice, ToolRequest, tool_request
 
 # Parameters of the OpenAI API this service does not implement, with the values that ask for
 # nothing (clients often send the default explicitly); any other value is refused.
@@ -27,7 +29,6 @@ NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
     "tool_choice": ("none",),
     "functions": ([],),
     "function_call": ("none",),
-    "parallel_tool_calls": (False,),
 }
 TOKEN_ID = re.compile(r"[0-9]{1,10}")
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on chat
@@ -109,6 +110,24 @@ class OpenAIRequest(BaseModel):
     stream: bool = Field(False, description="Server-sent events; under a function (Mangum), sent all at once.")
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, description="Accepted for compatibility; it does not change the answer.")
+    # Accepted as OpenAI accepts them; none changes the answer, so none is part of the cache key.
+    store: bool | None = Field(
+        None, description="`false` or left out: this service keeps no stored completions (`true` is a 400)."
+    )
+    metadata: dict[str, str] | None = Field(
+        None, max_length=16, description="Accepted for compatibility (up to 16 pairs); it does not change the answer."
+    )
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = Field(
+        None, description="Accepted for compatibility; there is one tier here."
+    )
+    parallel_tool_calls: bool | None = Field(
+        None,
+        description="With `tools` on chat: whether one answer may call several tools (false when left out, as "
+        "llama-server has it); it changes nothing without tools.",
+    )
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = Field(
+        None, description="Accepted and ignored: the served model is not a reasoning model."
+    )
     cache: CacheMode = Field("default", description="As on /chat; `Cache-Control` works too.")
     response_format: ResponseFormat | None = Field(
         None,
@@ -156,6 +175,10 @@ class OpenAIRequest(BaseModel):
         """None: no log-probabilities; n: each token's, with the n most likely tokens in its place."""
         return None
 
+    def max_tokens_param(self) -> str:
+        """The field the answer's length came from, for an error to name."""
+        return "max_tokens"
+
     @field_validator("stop")
     @classmethod
     def _stops(cls, stop: str | list[str] | None) -> list[str]:
@@ -168,6 +191,12 @@ class OpenAIRequest(BaseModel):
 
     def unsupported(self) -> None:
         """Raise a 400 naming the first parameter this service cannot honour."""
+        if self.store:
+            raise BadRequest(
+                "`store: true` asks OpenAI to keep the completion for later retrieval; this service keeps no "
+                "stored completions (nothing here retrieves them). Leave `store` unset or send false.",
+                param="store",
+            )
         for name, value in (self.model_extra or {}).items():
             if value is None or value in NOT_IMPLEMENTED.get(name, ()):
                 continue
@@ -222,18 +251,105 @@ class TextPart(BaseModel):
     text: Text
 
 
+class FunctionCallIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Text
+    arguments: Text = Field(description="The call's arguments, JSON text.")
+
+
+class ToolCallIn(BaseModel):
+    """A call an earlier assistant message made, as the answer carried it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Text
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | list[TextPart] | None = Field(
+        None, description="Left out or null only on an assistant message with `tool_calls`."
+    )
+    tool_calls: list[ToolCallIn] | None = Field(None, description="An assistant message's calls of tools.")
+    tool_call_id: Text | None = Field(None, description="A tool message: the id of the call it answers.")
+    refusal: Text | None = Field(None, description="Accepted on an assistant message (answers carry it); not shown.")
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessageIn:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message has tool_calls")
+        if (self.tool_call_id is None) != (self.role != "tool"):
+            raise ValueError("a message whose role is tool needs a tool_call_id, and only it has one")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is missing (it may be null only on an assistant message with tool_calls)")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "\n".join(part.text for part in self.content)
+
+    def message(self) -> ChatMessage:
+        """As the service takes it: `developer` is a system message; calls as the answer carried them."""
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ())
+        role = "system" if self.role == "developer" else self.role
+        return ChatMessage(role, self.text(), calls, self.tool_call_id)
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="1 to 64 letters, digits, `_` or `-`.")
+    description: Text | None = Field(None, description="What the function does, shown to the model.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="The JSON Schema of its arguments; left out, it takes none. The calls follow it."
+    )
+    strict: bool | None = Field(None, description="Accepted; the grammar always holds the arguments to the schema.")
+
+
+class ToolDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDef
+
+    def spec(self) -> ToolSpec:
+        parameters = self.function.parameters
+        return ToolSpec(
+            self.function.name,
+            self.function.description,
+            NO_PARAMETERS if parameters is None else json.dumps(parameters, ensure_ascii=False, separators=(",", ":")),
+        )
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(OpenAIRequest):
     messages: list[ChatMessageIn] = Field(min_length=1)
+    tools: list[ToolDef] | None = Field(
+        None,
+        description="Functions the model may call; the answer's `tool_calls` carry the calls, their arguments "
+        "held to each function's `parameters` schema by a grammar.",
+    )
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="`auto` (with tools, the default), `none`, `required`, or a function by name."
+    )
     max_completion_tokens: int | None = Field(None, ge=1, strict=True, description="OpenAI's newer max_tokens.")
     logprobs: bool | None = Field(None, strict=True, description="Each token's log-probability.")
     top_logprobs: int | None = Field(
@@ -244,86 +360,24 @@ class ChatCompletionRequest(OpenAIRequest):
         description="With `logprobs`: this many most likely tokens at each step.",
     )
 
+    def max_tokens_param(self) -> str:
+        return "max_tokens" if self.max_completion_tokens is None else "max_completion_tokens"
+
+    def tool_request(self) -> ToolRequest | None:
+        """The tools it offers and what it lets the model do with them; None: none offered. Raises BadRequest."""
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice):
+            wanted: ToolChoice | None = ToolChoice("function", choice.function.name)
+        else:
+            wanted = None if choice is None else ToolChoice(choice)
+        structured = self.response_format is not None and not isinstance(self.response_format, TextFormat)
+        if self.tools and structured and (wanted is None or wanted.mode != "none"):
+            raise BadRequest("`response_format` and `tools` cannot be used together here.", param="response_format")
+        return tool_request([tool.spec() for tool in self.tools or ()], wanted, self.parallel_tool_calls)
+
     def logprobs_asked(self) -> int | None:
         if not self.logprobs:
             if self.top_logprobs:
                 raise BadRequest("`top_logprobs` needs `logprobs: true`.", param="top_logprobs")
             return None
         return self.top_logprobs or 0
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class CompletionLogprobs(BaseModel):
-    tokens: list[str] = Field(description="Each token's text; `bytes:\\xNN...` for part of a UTF-8 character.")
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]] = Field(description="The most likely tokens at each step, most likely first.")
-    text_offset: list[int] = Field(description="Where each token begins, in characters of the prompt and the text.")
-
-
-class CompletionChoice(BaseModel):
-    index: int = 0
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: str = Field(description="stop or length (also when the generation deadline cut it short).")
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage
-
-
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatTopLogprob(BaseModel):
-    token: str = Field(description="The token's text; `bytes:\\xNN...` for part of a UTF-8 character.")
-    logprob: float
-    bytes: list[int] = Field(description="The token's bytes: they add up to the answer's UTF-8.")
-
-
-class ChatTokenLogprob(ChatTopLogprob):
-    top_logprobs: list[ChatTopLogprob] = Field(description="The most likely tokens at this step, most likely first.")
-
-
-class ChatLogprobs(BaseModel):
-    content: list[ChatTokenLogprob] | None
-    refusal: None = None
-
-
-class ChatChoice(BaseModel):
-    index: int = 0
-    message: AssistantMessage
-    logprobs: ChatLogprobs | None = None
-    finish_reason: str
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "llm-chat-service"
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]

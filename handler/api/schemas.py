@@ -46,6 +46,12 @@ class ErrorDetail(BaseModel):
     type: str
     message: str
     request_id: str
+    param: str | None = Field(
+        None, description="The request field at fault; on /v1 always present (null where none), as OpenAI's."
+    )
+    code: str | None = Field(
+        None, description="/v1 only, always present: OpenAI's error code (`context_length_exceeded`, ...) or null."
+    )
 
 
 class ErrorResponse(BaseModel):

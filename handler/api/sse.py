@@ -20,13 +20,19 @@ from handler.service.answer_stream import AnswerStream
 log = logging.getLogger(__name__)
 
 # A piece of text, or None and the finished answer for the last chunk (its finish reason, and the
-# log-probabilities when they were asked for); None and None for a bare chunk: one chunk's body.
-ChunkBuilder = Callable[[str | None, Completion | None], dict[str, Any]]
+# log-probabilities when they were asked for); None and None for a bare chunk: one chunk's body, or a list
+# of chunks' bodies (none, for a piece held back; several, for a finished answer's tool calls).
+ChunkBuilder = Callable[[str | None, Completion | None], dict[str, Any] | list[dict[str, Any]]]
 Finished = Callable[[Completion], None]
 
 
 def event(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def chunk_events(bodies: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """One chunk's event, or those of a list of chunks (nothing for an empty one)."""
+    return "".join(event(body) for body in (bodies if isinstance(bodies, list) else [bodies]))
 
 
 async def events(
@@ -42,10 +48,11 @@ async def events(
     ended = FinishReason.CANCELLED  # unless it failed: a client gone cancels or closes this generator, no Exception
     try:
         async for piece in stream:
-            yield event(chunk(piece, None))
+            if text := chunk_events(chunk(piece, None)):
+                yield text
         completion = stream.completion
         assert completion is not None
-        yield event(chunk(None, completion))
+        yield chunk_events(chunk(None, completion))
         if usage_chunk is not None:
             yield event(usage_chunk(completion))
         finished(completion)
@@ -54,7 +61,8 @@ async def events(
     except ServiceError as exc:  # after the 200 went out: the error travels as an event, as OpenAI sends it
         ended = FinishReason.ERROR
         log.error("%s while streaming: %s", exc.error_type, exc.cause)
-        yield event({"error": {"type": exc.error_type, "message": exc.public_message}})
+        error = {"type": exc.error_type, "message": exc.openai_message(exc.param), "param": exc.param, "code": exc.code}
+        yield event({"error": error})
     except Exception:
         ended = FinishReason.ERROR
         raise

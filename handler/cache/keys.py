@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from handler.cache.entry import EMBEDDING_KIND, EMBEDDING_SCHEMA_VERSION, SCHEMA_VERSION
-from handler.core.types import SamplingParams
+from handler.core.types import EmbeddingInput, SamplingParams
 
 
 def cache_key(
@@ -30,17 +30,21 @@ def cache_key(
     return _digest(material)
 
 
-def embedding_key(model: str, text: str, pooling: str, normalize: bool) -> str:
-    """One input's vector: the model, the text, and how token vectors become one (the configured pooling,
-    which with the model's identity fixes the pooling used, and the normalization)."""
+def embedding_key(model: str, given: EmbeddingInput, pooling: str, normalize: bool) -> str:
+    """One input's vector: the model, the input, and how token vectors become one (the configured pooling,
+    which with the model's identity fixes the pooling used, and the normalization). A text is keyed under
+    `input`, token ids under `tokens`: the two never share a key (a text's keys are as they always were)."""
     material: dict[str, Any] = {
         "kind": EMBEDDING_KIND,
         "schema": EMBEDDING_SCHEMA_VERSION,
         "model": model,
-        "input": text,
         "pooling": pooling,
         "normalize": normalize,
     }
+    if isinstance(given, str):
+        material["input"] = given
+    else:
+        material["tokens"] = list(given)
     return _digest(material)
 
 

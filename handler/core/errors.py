@@ -18,10 +18,17 @@ class ServiceError(Exception):
     public_message = "The service failed to answer; the request id identifies the cause in the log."
     headers: ClassVar[Mapping[str, str] | None] = None
     param: str | None = None  # the request field at fault, as OpenAI's error bodies name it
+    code: str | None = None  # OpenAI's error code, where OpenAI has one for this error
+    # The field at fault is the route's prompt (`messages`, `prompt`): the error handler names it on /v1.
+    about_prompt: ClassVar[bool] = False
 
     def __init__(self, cause: str = "") -> None:
         super().__init__(cause)
         self.cause = cause  # for the log only
+
+    def openai_message(self, param: str | None) -> str:
+        """The message on the OpenAI-compatible routes, where `param` is the field at fault."""
+        return self.public_message
 
 
 class ModelUnavailable(ServiceError):
@@ -61,13 +68,26 @@ class ContextOverflow(ServiceError):
 
     status_code = 400
     error_type = "context_length_exceeded"
+    code = "context_length_exceeded"
+    about_prompt = True
 
     def __init__(self, prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:
         super().__init__(f"prompt {prompt_tokens} + max_tokens {max_tokens} > n_ctx {n_ctx}")
+        self.prompt_tokens, self.max_tokens, self.n_ctx = prompt_tokens, max_tokens, n_ctx
         self.public_message = (
             f"The prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}: together "
             f"{prompt_tokens + max_tokens}, more than the model's context of {n_ctx} tokens. "
             "Shorten the prompt or lower max_tokens."
+        )
+
+    def openai_message(self, param: str | None) -> str:
+        """OpenAI's own wording, which clients recognise (litellm's ContextWindowExceededError keys on its
+        first words); `param` names the prompt's field, `messages` or `prompt`."""
+        what = param or "messages"
+        return (
+            f"This model's maximum context length is {self.n_ctx} tokens. However, you requested "
+            f"{self.prompt_tokens + self.max_tokens} tokens ({self.prompt_tokens} in the {what}, "
+            f"{self.max_tokens} in the completion). Please reduce the length of the {what} or completion."
         )
 
 
@@ -76,12 +96,14 @@ class InputTooLong(ServiceError):
 
     status_code = 400
     error_type = "context_length_exceeded"
+    code = "context_length_exceeded"
     param = "input"
 
     def __init__(self, index: int, tokens: int, limit: int) -> None:
         super().__init__(f"input {index}: {tokens} tokens > embedding context {limit}")
         self.public_message = (
-            f"Input {index} is {tokens} tokens, more than the {limit} tokens this service embeds at once. Shorten it."
+            f"This model's maximum context length is {limit} tokens for one embedding input. Input {index} is "
+            f"{tokens} tokens, more than the {limit} tokens this service embeds at once. Shorten it."
         )
 
 
@@ -89,10 +111,20 @@ class BadRequest(ServiceError):
     status_code = 400
     error_type = "invalid_request"
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.public_message = message
         self.param = param
+        self.code = code
+
+
+class PromptTooLong(BadRequest):
+    """A prompt over `max_prompt_chars`; on /v1 its param is the route's prompt field."""
+
+    about_prompt = True
+
+    def __init__(self, chars: int, limit: int) -> None:
+        super().__init__(f"The prompt is {chars} characters, above this service's limit of {limit}. Shorten it.")
 
 
 class NotFound(BadRequest):
@@ -106,6 +138,7 @@ class Busy(ServiceError):
     status_code = 429
     error_type = "busy"
     public_message = "The service is busy with other requests; retry in a few seconds."
+    code = "rate_limit_exceeded"
     headers: ClassVar[Mapping[str, str] | None] = {"Retry-After": "2"}
 
     def __init__(self, pending: int) -> None:

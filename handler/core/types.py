@@ -95,6 +95,10 @@ class Lora:
     scale: float = 1.0
 
 
+# One embedding input: a text, or token ids of the model's own vocabulary, embedded as they are.
+EmbeddingInput = str | tuple[int, ...]
+
+
 @dataclass(frozen=True)
 class Embedding:
     """One input's embedding vector, as the model computed it (pooled, and normalized where configured)."""
@@ -105,9 +109,41 @@ class Embedding:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A call of a tool (a function) the model made, or an assistant message of the history made."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text, as OpenAI carries it
+
+
+NO_PARAMETERS = '{"type":"object","properties":{}}'  # the parameters of a function that takes none
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool (a function) the model may call: its name, what it does, and its arguments' JSON Schema."""
+
+    name: str
+    description: str | None = None
+    parameters: str = NO_PARAMETERS  # JSON text: hashable, one spelling per schema
+
+    def as_openai(self) -> dict[str, object]:
+        """`{"type": "function", "function": {...}}`, as OpenAI's requests (and chat templates) write a tool."""
+        function: dict[str, object] = {"name": self.name}
+        if self.description is not None:
+            function["description"] = self.description
+        function["parameters"] = json.loads(self.parameters)
+        return {"type": "function", "function": function}
+
+
+@dataclass(frozen=True)
 class ChatMessage:
-    role: str  # system, user or assistant
-    content: str
+    role: str  # system, user, assistant or tool
+    content: str  # "" for an assistant message that only calls tools
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant message's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+    name: str | None = None  # a tool message: the tool that answered
 
 
 @dataclass(frozen=True)
@@ -159,6 +195,7 @@ class ChatPrompt:
 
     messages: tuple[ChatMessage, ...]
     fallback: ModelInput
+    tools: tuple[ToolSpec, ...] = ()  # for a chat template that lists tools itself (none: it is not given any)
 
 
 Prompt = ModelInput | ChatPrompt

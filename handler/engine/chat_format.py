@@ -9,7 +9,6 @@ it never becomes a control token; the template's own markup is parsed as the tem
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +17,7 @@ import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from handler.core.errors import BadRequest
-from handler.core.types import ChatMessage, ModelInput, Segment
+from handler.core.types import ChatMessage, ModelInput, Segment, ToolSpec
 from handler.engine.model_files.gguf_header import ChatMetadata
 
 
@@ -53,6 +52,7 @@ def _strftime_now(format_string: str) -> str:
 class ChatTemplate:
     def __init__(self, metadata: ChatMetadata, template: str) -> None:
         self.metadata = metadata
+        self.source = template  # what decides how tools are called through it (handler.service.tool_calls)
         environment = ImmutableSandboxedEnvironment(
             loader=jinja2.BaseLoader(),
             trim_blocks=True,
@@ -62,17 +62,18 @@ class ChatTemplate:
         environment.filters["tojson"] = _tojson
         self._template = environment.from_string(template)
 
-    def render(self, messages: tuple[ChatMessage, ...]) -> ModelInput:
+    def render(self, messages: tuple[ChatMessage, ...], tools: tuple[ToolSpec, ...] = ()) -> ModelInput:
+        """`tools`: given to the template (as OpenAI writes them) for a template that lists them itself."""
         try:
             text = self._template.render(
-                messages=[asdict(m) for m in messages],
+                messages=[template_message(m) for m in messages],
                 eos_token=self.metadata.eos_token,
                 bos_token=self.metadata.bos_token,
                 raise_exception=_raise_exception,
                 add_generation_prompt=True,
                 functions=None,
                 function_call=None,
-                tools=None,
+                tools=[tool.as_openai() for tool in tools] or None,
                 tool_choice=None,
                 strftime_now=_strftime_now,
             )
@@ -80,6 +81,29 @@ class ChatTemplate:
             raise BadRequest(f"The model's chat template refused these messages: {exc}") from exc
         # The template writes the begin-of-sequence token itself, as llama-cpp-python's chat handler assumes.
         return ModelInput(_segments(text, messages), stop=(self.metadata.eos_token,), add_bos=False)
+
+
+def template_message(message: ChatMessage) -> dict[str, Any]:
+    """A message as chat templates read it: OpenAI's shape, with only the fields it has (templates test
+    `'tool_calls' in message`), and each call's arguments as an object (templates write them `| tojson`)."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments(c.arguments)}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        out["name"] = message.name
+    return out
+
+
+def _arguments(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments  # as the caller sent it
 
 
 def _segments(text: str, messages: tuple[ChatMessage, ...]) -> tuple[Segment, ...]:

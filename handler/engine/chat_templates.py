@@ -42,6 +42,12 @@ class ChatTemplates:
         template refuses)."""
         return _render(prompt, self._template(identity))
 
+    def template_source(self, identity: str) -> str | None:
+        """The model's chat template text (None: it has none). Blocking: reads the model's header the first
+        time. Raises ModelUnavailable."""
+        template = self._template(identity)
+        return None if template is None else template.source
+
     def _template(self, identity: str) -> ChatTemplate | None:
         if identity in self._templates:
             return self._templates[identity]
@@ -70,4 +76,4 @@ def _compile(metadata: ChatMetadata) -> ChatTemplate | None:
 
 
 def _render(prompt: ChatPrompt, template: ChatTemplate | None) -> ModelInput:
-    return prompt.fallback if template is None else template.render(prompt.messages)
+    return prompt.fallback if template is None else template.render(prompt.messages, prompt.tools)

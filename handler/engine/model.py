@@ -19,7 +19,15 @@ from pathlib import Path
 
 from handler.core.errors import BadRequest, ContextOverflow, GenerationFailed, InputTooLong, ModelUnavailable
 from handler.core.settings import Settings
-from handler.core.types import Completion, Embedding, FinishReason, Lora, ModelInput, SamplingParams
+from handler.core.types import (
+    Completion,
+    Embedding,
+    EmbeddingInput,
+    FinishReason,
+    Lora,
+    ModelInput,
+    SamplingParams,
+)
 from handler.engine.contract import Engine, EngineError, EngineLoadError, EngineSettings, InvalidRequest
 from handler.engine.model_files.identity import DigestMemo
 from handler.engine.model_files.source import LocalSource, ModelSource, OpenedModel, S3Source, model_source
@@ -276,18 +284,24 @@ class ModelHolder:
 
     # ---- embeddings ----------------------------------------------------------------------------
 
-    def embed(self, texts: list[str]) -> list[Embedding]:
-        """Each text's vector, in order: tokenized as llama-cpp-python's `Llama.embed` tokenizes (with the
-        begin-of-sequence token, control-token text read as text), computed on the engine's thread.
-        Blocking: call from a worker thread.
+    def embed(self, inputs: list[EmbeddingInput]) -> list[Embedding]:
+        """Each input's vector, in order, computed on the engine's thread. A text is tokenized as
+        llama-cpp-python's `Llama.embed` tokenizes it (with the begin-of-sequence token, control-token text
+        read as text); token ids are embedded as they are, nothing added. Blocking: call from a worker thread.
 
-        Raises ModelUnavailable, InputTooLong (the first input over the embedding context) or GenerationFailed.
+        Raises ModelUnavailable, BadRequest (a token id outside the vocabulary), InputTooLong (the first
+        input over the embedding context) or GenerationFailed.
         """
         with self._use() as (engine, opened, _):
-            return self._embed(engine, opened, texts)
+            return self._embed(engine, opened, inputs)
 
-    def _embed(self, engine: Engine, opened: OpenedModel, texts: list[str]) -> list[Embedding]:
-        inputs = [engine.tokenize(text, add_bos=True, special=False) for text in texts]
+    def _embed(self, engine: Engine, opened: OpenedModel, given: list[EmbeddingInput]) -> list[Embedding]:
+        inputs = [
+            known_tokens(engine, item, index)
+            if isinstance(item, tuple)
+            else engine.tokenize(item, add_bos=True, special=False)
+            for index, item in enumerate(given)
+        ]
         limit = engine.embedding_n_ctx
         for index, tokens in enumerate(inputs):
             if len(tokens) > limit:
@@ -317,6 +331,22 @@ class ModelHolder:
                 return [engine.token_piece(token) for token in tokens]
             except InvalidRequest as exc:
                 raise BadRequest(str(exc), param=exc.param) from None
+
+
+def known_tokens(engine: Engine, tokens: tuple[int, ...], index: int) -> list[int]:
+    """Token ids sent as embedding input `index`, each checked against the vocabulary (llama.cpp would
+    abort on one outside it). Raises BadRequest naming `input`."""
+    for token in dict.fromkeys(tokens):
+        try:
+            engine.token_piece(token)
+        except InvalidRequest as exc:
+            raise BadRequest(
+                f"Input {index}: {exc} Token ids must be this model's own (POST /tokenize gives them); a client "
+                "that tokenizes for OpenAI's models (LangChain's OpenAIEmbeddings does, unless "
+                "check_embedding_ctx_length=False) should send the text instead.",
+                param="input",
+            ) from None
+    return list(tokens)
 
 
 def tokenize(engine: Engine, model_input: ModelInput) -> list[int]:

@@ -37,6 +37,7 @@ class Unauthorized(ServiceError):
     error_type = "unauthorized"
     public_message = "A valid API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`."
     headers: ClassVar[Mapping[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+    code = "invalid_api_key"  # OpenAI's
 
 
 class ApiKeys:

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from handler.cache.keys import cache_key
 from handler.cache.policy import CachePolicy
 from handler.cache.response_cache import ResponseCache
-from handler.core.errors import BadRequest, Busy
+from handler.core.errors import BadRequest, Busy, PromptTooLong
 from handler.core.settings import Settings
 from handler.core.types import (
     INCOMPLETE,
@@ -75,19 +75,19 @@ class ChatService:
         self._streams_lock = threading.Lock()
 
     def check_prompt(self, prompt: str) -> None:
+        """Raises PromptTooLong over `max_prompt_chars` (on /v1 it names the route's prompt field)."""
         if len(prompt) > self.settings.max_prompt_chars:
-            raise BadRequest(
-                f"The prompt is {len(prompt)} characters, above this service's limit of "
-                f"{self.settings.max_prompt_chars}. Shorten it."
-            )
+            raise PromptTooLong(len(prompt), self.settings.max_prompt_chars)
 
-    def params_for(self, max_tokens: int | None) -> SamplingParams:
+    def params_for(self, max_tokens: int | None, param: str | None = None) -> SamplingParams:
         """The configured sampling for an answer of `max_tokens` (config's default when None).
-        Raises BadRequest above `max_tokens_limit`."""
+        Raises BadRequest above `max_tokens_limit`, naming `param`, the field that asked for it."""
         max_tokens = self.settings.max_tokens_default if max_tokens is None else max_tokens
         if max_tokens > self.settings.max_tokens_limit:
             raise BadRequest(
-                f"max_tokens is {max_tokens}, above this service's limit of {self.settings.max_tokens_limit}."
+                f"{param or 'max_tokens'} is {max_tokens}, above this service's limit of "
+                f"{self.settings.max_tokens_limit}.",
+                param=param,
             )
         return self.settings.sampling_params(max_tokens)
 
@@ -100,6 +100,15 @@ class ChatService:
         if remaining_ms is not None:
             limits.append(max(0.0, remaining_ms / 1000 - RESPONSE_MARGIN_S))
         return time.monotonic() + min(limits) if limits else None
+
+    async def chat_template(self) -> str | None:
+        """The chat template chat messages are rendered with now (None: the config template's prompt, where
+        the model has none or `prompt_format` says so), read from the model's header (once per model); what
+        decides how tools are called (`handler.service.tool_calls`)."""
+        if self.settings.prompt_format == "prompt_template":
+            return None
+        identity = await self.served.identity()
+        return await run_in_threadpool(self.templates.template_source, identity)
 
     async def _keyed(self, prompt: Prompt, params: SamplingParams, lora: Lora | None = None) -> Keyed:
         """The key is made of what the model will see: chat messages are formatted first, with the

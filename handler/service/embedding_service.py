@@ -17,7 +17,7 @@ from handler.cache.policy import CachePolicy
 from handler.cache.response_cache import ResponseCache
 from handler.core.errors import BadRequest
 from handler.core.settings import Settings
-from handler.core.types import CacheSource, Embedding
+from handler.core.types import CacheSource, Embedding, EmbeddingInput
 from handler.service.served_models import ServedModels
 from handler.service.single_flight import SingleFlight
 
@@ -43,31 +43,33 @@ class EmbeddingService:
         self.cache = cache
         self.flights: SingleFlight[list[Embedding]] = SingleFlight(workers=2)
 
-    def check_inputs(self, inputs: list[str]) -> None:
+    def check_inputs(self, inputs: list[EmbeddingInput]) -> None:
+        """The request's limits: how many inputs, none empty, texts within `max_prompt_chars` (token ids are
+        checked against the vocabulary and the embedding context once the model is loaded)."""
         if not inputs:
-            raise BadRequest("input must hold at least one string.", param="input")
+            raise BadRequest("input must hold at least one string or list of token ids.", param="input")
         limit = self.settings.embedding_max_inputs
         if len(inputs) > limit:
             raise BadRequest(
-                f"input holds {len(inputs)} strings, above this service's limit of {limit} per request.",
+                f"input holds {len(inputs)} inputs, above this service's limit of {limit} per request.",
                 param="input",
             )
-        for index, text in enumerate(inputs):
-            if not text:
-                raise BadRequest(f"Input {index} is empty; each input must hold some text.", param="input")
-            if len(text) > self.settings.max_prompt_chars:
+        for index, given in enumerate(inputs):
+            if not given:
+                raise BadRequest(f"Input {index} is empty; each input must hold some text or tokens.", param="input")
+            if isinstance(given, str) and len(given) > self.settings.max_prompt_chars:
                 raise BadRequest(
-                    f"Input {index} is {len(text)} characters, above this service's limit of "
+                    f"Input {index} is {len(given)} characters, above this service's limit of "
                     f"{self.settings.max_prompt_chars}. Shorten it.",
                     param="input",
                 )
 
-    def _key(self, identity: str, text: str) -> str:
-        return embedding_key(identity, text, self.settings.embedding_pooling, self.settings.embedding_normalize)
+    def _key(self, identity: str, given: EmbeddingInput) -> str:
+        return embedding_key(identity, given, self.settings.embedding_pooling, self.settings.embedding_normalize)
 
-    async def embed(self, inputs: list[str], policy: CachePolicy) -> Embedded:
+    async def embed(self, inputs: list[EmbeddingInput], policy: CachePolicy) -> Embedded:
         identity = await self.served.identity()
-        keys = [self._key(identity, text) for text in inputs]
+        keys = [self._key(identity, given) for given in inputs]
         found: dict[str, tuple[Embedding, CacheSource]] = {}
         if policy.read:
             for key in keys:
@@ -77,17 +79,17 @@ class EmbeddingService:
             slow = [key for key in dict.fromkeys(keys) if key not in found]
             if slow:
                 found.update(await run_in_threadpool(self._get_slow, slow))
-        missing = {key: text for key, text in zip(keys, inputs, strict=True) if key not in found}
+        missing = {key: given for key, given in zip(keys, inputs, strict=True) if key not in found}
         if missing:
             self.cache.count_miss(len(missing))
-            texts = list(missing.values())
+            todo = list(missing.values())
 
             def compute() -> list[Embedding]:
-                embeddings = self.model.embed(texts)
+                embeddings = self.model.embed(todo)
                 if policy.store:
-                    for text, embedding in zip(texts, embeddings, strict=True):
+                    for given, embedding in zip(todo, embeddings, strict=True):
                         # under the model that computed it, should the model file have been replaced meanwhile
-                        self.cache.put_embedding(self._key(embedding.model_identity or identity, text), embedding)
+                        self.cache.put_embedding(self._key(embedding.model_identity or identity, given), embedding)
                 return embeddings
 
             flight = hashlib.sha256("\n".join(missing).encode("ascii")).hexdigest()

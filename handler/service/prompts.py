@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from handler.core.errors import BadRequest
 from handler.core.settings import Settings
-from handler.core.types import ChatMessage, ChatPrompt, ModelInput, Prompt
+from handler.core.types import ChatMessage, ChatPrompt, ModelInput, Prompt, ToolSpec
 
-ROLE_LABELS = {"user": "Human", "assistant": "Assistant"}
+ROLE_LABELS = {"user": "Human", "assistant": "Assistant", "tool": "Tool"}
 
 
 def compose(settings: Settings, prompt: str) -> str:
@@ -33,14 +33,14 @@ def completion_input(settings: Settings, prompt: str) -> ModelInput:
     return ModelInput.text(prompt, special=settings.completion_parse_special)
 
 
-def chat_prompt(settings: Settings, messages: list[ChatMessage]) -> Prompt:
+def chat_prompt(settings: Settings, messages: list[ChatMessage], tools: tuple[ToolSpec, ...] = ()) -> Prompt:
     """Chat messages, with the prompt for a model that has no chat template of its own (which one
     applies is known from the model file's header); under `prompt_format: prompt_template`, that prompt
     alone. It writes earlier turns as `Human:`/`Assistant:` lines inside the template's {prompt}, so that
     one user message gives exactly `compose`'s text. All of it is text to the model: what users write
-    never becomes a control token."""
-    if not messages or messages[-1].role != "user":
-        raise BadRequest("messages must end with a message whose role is user.")
+    never becomes a control token. `tools`: for the model's template to list (`handler.service.tool_calls`)."""
+    if not messages or messages[-1].role not in ("user", "tool"):
+        raise BadRequest("messages must end with a message whose role is user (or tool, a tool's result).")
     systems = [m.content for m in messages if m.role == "system"]
     turns = [m for m in messages if m.role != "system"]
     lines = [f"{ROLE_LABELS[m.role]}: {m.content}" for m in turns]
@@ -51,4 +51,4 @@ def chat_prompt(settings: Settings, messages: list[ChatMessage]) -> Prompt:
     text_format = ModelInput.text(fallback, stop=tuple(settings.stop))  # one user message: template_input's
     if settings.prompt_format == "prompt_template":
         return text_format
-    return ChatPrompt(tuple(messages), text_format)
+    return ChatPrompt(tuple(messages), text_format, tools)

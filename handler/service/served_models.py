@@ -38,6 +38,7 @@ class ServedModels:
             + ", ".join(f"`{m}`" for m in self.ids())
             + " (GET /v1/models).",
             param="model",
+            code="model_not_found",
         )
 
     async def identity(self) -> str:
