@@ -70,6 +70,7 @@ def engines(tiny_model: Path) -> Iterator[Any]:
             cache_prompt=False,  # each answer from scratch: only the drafts differ between the two engines
             draft_max=draft_max,
             draft_ngram=2,
+            draft_max_sequences=n_parallel,  # drafts however many decode: what the tests compare
         )
         made.append(Scheduler.load(settings))
         return made[-1]

@@ -72,6 +72,12 @@ class Settings(BaseModel):
         "in the same decode by the sequence's own sampler, so every token is the one it draws (llama-server's "
         "--spec-type ngram-simple); a sequence whose drafts keep failing pauses drafting. 0 turns it off.",
     )
+    speculative_max_sequences: int = Field(
+        2,
+        ge=1,
+        description="Drafts are made only while at most this many sequences decode: a wider batch keeps the "
+        "cores busy already, and each draft adds a row of logits to compute (vLLM's disable_by_batch_size).",
+    )
     speculative_ngram: int = Field(
         4, ge=1, le=32, description="Tokens a prompt-lookup draft matches before it proposes what followed them."
     )

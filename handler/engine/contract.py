@@ -55,6 +55,7 @@ class EngineSettings:
     embedding_normalize: bool = False  # L2, as llama-cpp-python's embed(normalize=True)
     draft_max: int = 0  # prompt-lookup draft tokens per sequence and step; 0: no speculation
     draft_ngram: int = 4  # tokens a draft's lookup matches
+    draft_max_sequences: int = 2  # drafts only while at most this many sequences decode
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ def engine_settings(settings: Settings, model_path: str) -> EngineSettings:
         embedding_normalize=settings.embedding_normalize,
         draft_max=settings.speculative_draft_max,
         draft_ngram=settings.speculative_ngram,
+        draft_max_sequences=settings.speculative_max_sequences,
     )
 
 

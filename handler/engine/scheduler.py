@@ -384,9 +384,11 @@ class Scheduler(ContextView):
             seq.logits_index = -1
             seq.drafts = []
         decoding = [s for s in self._active if s.state is SequenceState.DECODING and s.request.lora == lora]
+        # A wide batch keeps the cores busy already; drafts would add their logits to every step of it.
+        drafting = len(decoding) <= self.settings.draft_max_sequences
         for placed, seq in enumerate(decoding, start=1):
             put(seq, seq.next_token, True)
-            if seq.drafter is not None:
+            if drafting and seq.drafter is not None:
                 # drafts only where an accepted one could still be part of the answer (the request's KV
                 # reservation covers them), in the room the decoding tokens still to place leave
                 budget = seq.request.params.max_tokens - seq.output.n_tokens - 1
