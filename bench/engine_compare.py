@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -51,8 +52,10 @@ from handler.core.config import load_settings
 
 RESULTS = ROOT / "bench" / "results" / "engine_compare.json"
 DEFAULT_MODEL = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
-LLAMA_SERVER = ROOT / ".peer" / "llama-server"
-N_CTX = 4096  # one KV cache of 4096 cells for all slots, in every system that batches
+# a GPU run points it at a CUDA build; GPU offload itself comes from the environment:
+# CHAT_N_GPU_LAYERS for the service, LLAMA_ARG_N_GPU_LAYERS for llama-server
+LLAMA_SERVER = Path(os.environ.get("LLAMA_SERVER", ROOT / ".peer" / "llama-server"))
+N_CTX = 4096  # one KV cache of 4096 cells for all slots, in every system that batches (96 a slot beyond 42)
 TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 
 SERVICE, LLAMA, PEER = "service", "llama-server", "llama-cpp-python server"
@@ -156,7 +159,7 @@ def start_service(name: str, port: int, model: Path, threads: int, n_parallel: i
         "CHAT_MODEL_SHA256": "",
         "CHAT_N_THREADS": str(threads),
         "CHAT_N_PARALLEL": str(n_parallel),
-        "CHAT_N_CTX": str(N_CTX),
+        "CHAT_N_CTX": str(n_ctx_for(n_parallel)),
         "CHAT_REUSE_PROMPT_PREFIX": "true" if reuse else "false",
         "CHAT_CACHE_DIR": "",  # no disk tier: the response cache must never answer
         "CHAT_CACHE_MEMORY_ENTRIES": "0",
@@ -172,13 +175,18 @@ def start_service(name: str, port: int, model: Path, threads: int, n_parallel: i
     return server
 
 
+def n_ctx_for(n_parallel: int) -> int:
+    """Room for every slot's prompt and answer at the widest concurrency (the GPU run goes to 64)."""
+    return max(N_CTX, 96 * n_parallel)
+
+
 def start_llama_server(model: Path, threads: int, n_parallel: int, n_batch: int, logs: Path) -> Server:
     if not LLAMA_SERVER.exists():
         raise RuntimeError(f"{LLAMA_SERVER} is missing: `make llama-server` builds it")
     port = PORTS[LLAMA]
     command = [
         str(LLAMA_SERVER),
-        *("-m", str(model), "-c", str(N_CTX), "-np", str(n_parallel), "-kvu"),
+        *("-m", str(model), "-c", str(n_ctx_for(n_parallel)), "-np", str(n_parallel), "-kvu"),
         *("-t", str(threads), "-tb", str(threads), "-b", str(n_batch)),
         *("--host", "127.0.0.1", "--port", str(port), "--no-webui"),
         # Its prompt cache stays on, as the service's prefix reuse does.
@@ -611,7 +619,7 @@ def main(argv: list[str] | None = None) -> None:
         print_targets(checked, args.concurrency)
         results: dict[str, Any] = {
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "n_ctx": N_CTX,
+            "n_ctx": n_ctx_for(width),
             "n_batch": n_batch,
             "commands": {s.name: s.command for s in servers},
             "summary": {s: {str(n): row for n, row in by_n.items()} for s, by_n in summary.items()},

@@ -3,7 +3,7 @@
 `python -m handler.cli.config_docs` prints the page; `--write` writes it to docs/configuration.md, and a
 path argument writes it there instead. Each row takes its description, type, bounds and default from the
 field in `handler/core/settings.py`, so a new setting or a changed description shows up here by running
-it again (`make docs`); `tests/test_config_docs.py` fails while the page and the code disagree.
+it again (`make docs`); `tests/core/test_config_docs.py` fails while the page and the code disagree.
 """
 
 from __future__ import annotations

@@ -293,7 +293,7 @@ class Scheduler(ContextView):
         slot, keep = self._kv.place(request, free)
         output = SequenceOutput(request.stops, request.params.max_tokens, request.on_text)
         seq = Sequence(request, slot, chain, request.tokens[keep:], time.perf_counter(), output)
-        if self.settings.draft_max > 0:
+        if self.settings.draft_max > 0 and not self._llama.stateful:  # recurrent state cannot drop a draft
             seq.drafter = Drafter(request.tokens, self.settings.draft_ngram, self.settings.draft_max)
         slot.seq = seq
         self._active.append(seq)

@@ -291,7 +291,8 @@ class SlotTable:
         """Drop the sequence's cells from position `length` on: drafts that were not accepted."""
         slot = seq.slot
         if length < len(slot.cached):
-            self._memory.seq_rm(slot.id, length, -1)
+            if not self._memory.seq_rm(slot.id, length, -1):  # never drafted where cells cannot be cut
+                raise RuntimeError(f"llama.cpp could not drop cells {length}.. of sequence {slot.id}")
             del slot.cached[length:]
 
     def release(self, seq: Sequence, keep_cache: bool) -> None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from handler.service.stats import ServiceStats
 
 NAMESPACE = "LLMChatService"
-ANSWER_ROUTES = ("/chat", "/v1/completions", "/v1/chat/completions", "/v1/embeddings")
+ANSWER_ROUTES = ("/chat", "/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/embeddings")
 
 # (log field, EMF metric name, unit)
 EMF_METRICS = [

@@ -279,7 +279,9 @@ def _generic_history(messages: Sequence[ChatMessage], parallel: bool) -> list[Ch
     results: list[str] = []
     for message in messages:
         if message.role == "tool":
-            response = {"tool": message.name, "tool_call_id": message.tool_call_id, "content": message.content}
+            # no tool_call_id: clients make their own, and an id in the prompt would key the same conversation
+            # apart per client run; the order pairs each result with its call
+            response = {"tool": message.name, "content": message.content}
             results.append(json.dumps({"tool_response": response}, ensure_ascii=False))
             continue
         if results:

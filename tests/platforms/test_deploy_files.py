@@ -16,9 +16,9 @@ import yaml
 
 from handler.core.config import ENV_PREFIX, load_settings
 from handler.core.settings import Settings
-from tests.test_images import image
+from tests.platforms.test_images import image
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ["template.yaml", "infra/template-gpu.yaml"]
 FUNCTIONS = ["ChatFunction", "ChatStreamFunction"]
 DEPLOY_CLOUDRUN = ROOT / "infra" / "deploy-cloudrun.sh"

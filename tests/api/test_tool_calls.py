@@ -237,8 +237,8 @@ def test_the_generic_history_writes_calls_as_json_and_results_as_user_messages()
     }
     results = [json.loads(line) for line in plan.messages[2].content.splitlines()]
     assert results == [
-        {"tool_response": {"tool": "get_weather", "tool_call_id": "call_a", "content": "3 degrees"}},
-        {"tool_response": {"tool": "get_time", "tool_call_id": "call_b", "content": "12:00"}},
+        {"tool_response": {"tool": "get_weather", "content": "3 degrees"}},
+        {"tool_response": {"tool": "get_time", "content": "12:00"}},
     ]
     one = plan_tools(None, [*history[:2], history[2]], None)
     assert "tool_calls" in json.loads(one.messages[1].content)  # two calls stay a list without parallel

@@ -180,11 +180,12 @@ OTHERS = [
 def test_with_prefix_reuse_off_a_greedy_answer_does_not_depend_on_what_was_served_before(
     model: tuple[str, Path], tmp_path: Path
 ) -> None:
-    """The exact setting: the same request alone gets the same text whatever came before it (here requests
+    """The exact setting (no prefix reuse, no drafts): the same request alone gets the same text whatever came
+    before it (here requests
     that share its opening, which prefix reuse would have decoded only in part), and it is
     llama-cpp-python's create_completion text."""
     env = {**model_env(model, tmp_path / "cache"), "CHAT_REUSE_PROMPT_PREFIX": "false", "CHAT_CACHE_DIR": ""}
-    env["CHAT_CACHE_MEMORY_ENTRIES"] = "0"
+    env.update({"CHAT_CACHE_MEMORY_ENTRIES": "0", "CHAT_SPECULATIVE_DRAFT_MAX": "0"})
     with service_process(env) as (url, _):
         client = client_for(url)
         answers = []

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from handler.lambda_adapter import LambdaAdapter
 from tests.conftest import FakeLambdaContext, lambda_body, lambda_event
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 KINDS = ["apigw-http-v2", "apigw-rest-v1", "function-url", "alb"]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EVENTS
-from tests.test_deploy_files import tool
+from tests.platforms.test_deploy_files import tool
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = ["apigw-http-v2", "function-url", "apigw-rest-v1", "alb"]
 
 # Run in a process of its own: the entry point builds its app from config.yaml and the environment at import.

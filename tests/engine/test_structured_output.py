@@ -18,7 +18,7 @@ import pytest
 
 from handler.core.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

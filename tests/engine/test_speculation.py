@@ -14,7 +14,7 @@ from handler.engine.scheduler import EngineSettings, Scheduler
 from handler.engine.speculation import PAUSE_AFTER_MISSES, Drafter, NgramIndex
 from tests.tiny_gguf import CONTEXT
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 GEMMA, SMOLLM2 = MODELS / "gemma-3-270m-q4_k_m.gguf", MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 PARAGRAPH = (
     "The committee met on Tuesday to review the budget for the new library. After a long discussion, they agreed "
@@ -107,10 +107,10 @@ def test_max_tokens_and_stops_that_land_inside_an_accepted_draft(engines: Any) -
     plain, drafting = engines(0, model=SMOLLM2, n_ctx=1024), engines(8, model=SMOLLM2, n_ctx=1024)
     full, _ = answer(plain, QUOTED, params(48))
     assert drafting.stats().draft_tokens == 0
-    for max_tokens in (1, 2, 5, 9, 13, 17, 22, 30):
+    for max_tokens in (1, 3, 9, 17, 30):
         assert answer(drafting, QUOTED, params(max_tokens)) == answer(plain, QUOTED, params(max_tokens))
     stopped = 0
-    for stop in sorted({full[i : i + 3] for i in range(4, len(full) - 3, 5)} - {""}):
+    for stop in sorted({full[i : i + 3] for i in range(4, len(full) - 3, 29)} - {""}):
         cut = answer(drafting, QUOTED, params(48, stop=(stop,)))
         assert cut == answer(plain, QUOTED, params(48, stop=(stop,)))
         stopped += cut[1] is FinishReason.STOP

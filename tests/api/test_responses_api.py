@@ -14,8 +14,8 @@ import pytest
 from handler.app import create_app
 from handler.core.settings import Settings
 from handler.engine.model import ModelHolder, load_engine
+from tests.api.test_openai import FailsAfterItsText, paced_app
 from tests.conftest import LiveServer, client_for, lines
-from tests.test_openai import FailsAfterItsText, paced_app
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -14,8 +14,8 @@ import pytest
 from handler.app import create_app
 from handler.core.settings import Settings
 from handler.engine.model import ModelHolder, load_engine
+from tests.api.test_openai import FailsAfterItsText
 from tests.conftest import LiveServer, lines
-from tests.test_openai import FailsAfterItsText
 
 FRESH = {"Cache-Control": "no-cache"}  # generated afresh, not read back from an earlier answer
 HELLO = [{"role": "user", "content": "Hello"}]

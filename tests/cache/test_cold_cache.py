@@ -12,7 +12,7 @@ from pathlib import Path
 from handler.core.settings import Settings
 from handler.engine.model_files.digest import sha256_of
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 COLD_HIT = r"""
 import json, sys

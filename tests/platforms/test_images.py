@@ -26,7 +26,7 @@ import pytest
 
 from tests.helpers.server import free_port, stop_process, wait_until_answers
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 ACCELS = ("cpu", "cuda")
 MODES = ("mangum", "web-adapter")

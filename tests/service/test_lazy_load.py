@@ -18,7 +18,7 @@ from handler.core.settings import Settings
 from handler.engine.model import ModelHolder, load_engine
 from tests.conftest import LiveServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 COLD_PROCESS = r"""
 import json, sys

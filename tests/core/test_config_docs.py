@@ -9,7 +9,7 @@ import pytest
 from handler.cli import config_docs
 from handler.core.settings import Settings
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 REGENERATE = "regenerate it: `make docs` (or `.venv/bin/python -m handler.cli.config_docs --write`)"
 
 

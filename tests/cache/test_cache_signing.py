@@ -18,7 +18,7 @@ from handler.app import create_app
 from handler.cache.shared import ENTRY, KEY
 from handler.cache.signing import PREFIX, EntrySigner
 from handler.core.settings import Settings
-from tests.test_shared_cache import TABLE, Container, dynamodb, never_loads
+from tests.cache.test_shared_cache import TABLE, Container, dynamodb, never_loads
 
 __all__ = ["dynamodb"]  # the moto table fixture, shared with the table's own tests
 

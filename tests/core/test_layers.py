@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-HANDLER = Path(__file__).resolve().parent.parent / "handler"
+HANDLER = Path(__file__).resolve().parents[2] / "handler"
 
 # Which layers each layer may import, besides itself. The modules at the top of `handler/` (the app
 # factory and the entry points) and cli/ put everything together and may import any layer.

@@ -1,0 +1,1 @@
+"""The HTTP API: /chat, the OpenAI, Responses and Messages routes, tools, embeddings, tokens, errors, keys, limits."""

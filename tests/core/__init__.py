@@ -1,0 +1,1 @@
+"""Configuration, its generated page, and the layers' dependency direction."""

@@ -1,0 +1,1 @@
+"""The engine: the scheduler and its parts, speculation, the model files, sampling features, LoRA."""

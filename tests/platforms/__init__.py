@@ -1,0 +1,1 @@
+"""Where it runs: Lambda events, API Gateway, the images, the deployment files."""
