@@ -94,13 +94,19 @@ async def sampling(service: ChatService, body: MessagesRequest, tools_grammar: s
     return dataclasses.replace(params, stop=stops, grammar=tools_grammar or params.grammar)
 
 
-def stop_reason(completion: Completion, calls: tuple[ToolCall, ...] = ()) -> StopReason:
+def stop_reason(completion: Completion, stops: list[str] | None, calls: tuple[ToolCall, ...] = ()) -> StopReason:
     """`tool_use` for a whole answer that calls tools; `max_tokens` for any answer cut short (by the deadline
-    too: `X-Finish-Reason` says which). A stop sequence reads `end_turn`: the engine does not say which
-    stop string, if any, ended the answer."""
+    too: `X-Finish-Reason` says which); `stop_sequence` for one ended by one of the request's
+    `stop_sequences` (not by a stop of the model's template)."""
     if openai_finish_reason(completion) != "stop":
         return "max_tokens"
-    return "tool_use" if calls else "end_turn"
+    if calls:
+        return "tool_use"
+    return "stop_sequence" if stop_sequence(completion, stops) is not None else "end_turn"
+
+
+def stop_sequence(completion: Completion, stops: list[str] | None) -> str | None:
+    return completion.stop if completion.stop is not None and completion.stop in (stops or ()) else None
 
 
 def tool_use(call: ToolCall) -> ToolUseOut:
@@ -113,7 +119,9 @@ def tool_use(call: ToolCall) -> ToolUseOut:
     return ToolUseOut(id=call.id, name=call.name, input=arguments if isinstance(arguments, dict) else {})
 
 
-def whole_message(message_id: str, model: str, completion: Completion, answer: ParsedAnswer) -> MessagesResponse:
+def whole_message(
+    message_id: str, model: str, completion: Completion, answer: ParsedAnswer, stops: list[str] | None
+) -> MessagesResponse:
     """The content: the answer's text as a text block (unless it only calls tools), then its calls."""
     content: list[TextOut | ToolUseOut] = []
     if answer.content or not answer.calls:
@@ -123,7 +131,8 @@ def whole_message(message_id: str, model: str, completion: Completion, answer: P
         id=message_id,
         content=content,
         model=model,
-        stop_reason=stop_reason(completion, answer.calls),
+        stop_reason=stop_reason(completion, stops, answer.calls),
+        stop_sequence=stop_sequence(completion, stops),
         usage=MessagesUsage(input_tokens=completion.prompt_tokens, output_tokens=completion.completion_tokens),
     )
 
@@ -137,8 +146,8 @@ class MessageEvents:
     deltas, closed; then a tool_use block per call, its input in input_json_delta pieces, closed; then
     message_delta (stop reason and usage) and message_stop."""
 
-    def __init__(self, message_id: str, model: str, reader: AnswerReader) -> None:
-        self.message_id, self.model, self.reader = message_id, model, reader
+    def __init__(self, message_id: str, model: str, reader: AnswerReader, stops: list[str] | None) -> None:
+        self.message_id, self.model, self.reader, self.stops = message_id, model, reader, stops
         self.opened = False  # the text block, index 0
 
     @staticmethod
@@ -189,7 +198,10 @@ class MessageEvents:
             *events,
             self._event(
                 "message_delta",
-                delta={"stop_reason": stop_reason(completion, calls), "stop_sequence": None},
+                delta={
+                    "stop_reason": stop_reason(completion, self.stops, calls),
+                    "stop_sequence": stop_sequence(completion, self.stops),
+                },
                 usage=usage.model_dump(),
             ),
             self._event("message_stop"),
@@ -217,10 +229,11 @@ async def create_message(
     message_id = f"msg_{request.state.request_id}"
     if body.stream:
         stream = await service.stream(talk.prompt, params, policy, deadline, lora)
-        events = MessageEvents(message_id, body.model, talk.reader(message_id))
+        events = MessageEvents(message_id, body.model, talk.reader(message_id), body.stop_sequences)
         return event_stream_response(request, stream, events, messages[-1].content)
     answer = await service.answer(talk.prompt, params, policy, deadline, lora)
     response.headers["X-Cache"] = answer.source
     response.headers["X-Finish-Reason"] = answer.completion.finish_reason
     log_answer(request, answer.source, answer.completion, messages[-1].content, shared=answer.shared)
-    return whole_message(message_id, body.model, answer.completion, talk.read(answer.completion.text, message_id))
+    answered = talk.read(answer.completion.text, message_id)
+    return whole_message(message_id, body.model, answer.completion, answered, body.stop_sequences)

@@ -50,6 +50,7 @@ def encode(key: str, entry: Entry) -> bytes:
             "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens,
             "logprobs": None if c.logprobs is None else [_encode_logprob(t) for t in c.logprobs],
+            "stop": c.stop,
         },
         ensure_ascii=False,
         separators=(",", ":"),
@@ -74,6 +75,7 @@ def decode(key: str, raw: object) -> Entry | None:
             prompt_tokens=_typed(data["prompt_tokens"], int),
             completion_tokens=_typed(data["completion_tokens"], int),
             logprobs=_decode_logprobs(data.get("logprobs")),
+            stop=None if data.get("stop") is None else _typed(data["stop"], str),
         )
         created = data["created"]
         return Entry(completion, float(created if isinstance(created, float) else _typed(created, int)))

@@ -81,6 +81,7 @@ class Completion:
     model_identity: str | None = field(default=None, compare=False)  # the model that generated it; None on a hit
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per token of the text, when the request asked
     adapter_identity: str | None = field(default=None, compare=False)  # the LoRA adapter it was made with, if any
+    stop: str | None = None  # the stop string that ended it, if one did (Anthropic's stop_sequence)
 
     @property
     def tokens_per_second(self) -> float | None:

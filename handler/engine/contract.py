@@ -67,6 +67,7 @@ class Generated:
     # from admission to the answer, not counting the wait for a slot; not part of the answer's equality
     generation_seconds: float = field(compare=False)
     logprobs: tuple[TokenLogprob, ...] | None = None  # when the request asked for them
+    stop: str | None = None  # the stop string that ended it, if one did
 
 
 @dataclass(frozen=True)

@@ -280,6 +280,7 @@ class ModelHolder:
             load_seconds=load_seconds,
             model_identity=opened.identity,
             logprobs=generated.logprobs,
+            stop=generated.stop,
             adapter_identity=None if adapter is None else adapter.identity,
         )
 

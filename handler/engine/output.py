@@ -28,6 +28,7 @@ class SequenceOutput:
         self.data = bytearray()  # bytes of the generated tokens' pieces
         self.n_tokens = 0  # tokens added, stop strings' included
         self.cut: int | None = None  # where a stop string begins in `data`
+        self.stop: str | None = None  # the stop string that ended the answer, if one did
         self._strip_space: bool | None = None  # llama-cpp-python's leading-space rule after a BOS, until decided
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         self._fed = 0  # bytes of `data` handed to the decoder (and streamed)
@@ -54,9 +55,10 @@ class SequenceOutput:
             self._logprobs.append((before, logprob(piece)))
         if self.stops:
             # only where this piece could complete one: from len(stop) - 1 bytes before it
-            found = [i for s in self.stops if (i := self.data.find(s, max(0, before - len(s) + 1))) >= 0]
+            found = [(i, s) for s in self.stops if (i := self.data.find(s, max(0, before - len(s) + 1))) >= 0]
             if found:
-                self.cut = min(found)
+                self.cut, stop = min(found)
+                self.stop = stop.decode("utf-8")
                 return FinishReason.STOP
         if self.n_tokens >= self.max_tokens:
             return FinishReason.LENGTH

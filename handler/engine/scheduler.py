@@ -433,7 +433,7 @@ class Scheduler(ContextView):
         text = output.text()
         logprobs = None if request.params.logprobs is None else output.logprobs()
         seconds = time.perf_counter() - seq.started
-        result = Generated(text, reason, len(request.tokens), output.n_tokens, seconds, logprobs)
+        result = Generated(text, reason, len(request.tokens), output.n_tokens, seconds, logprobs, output.stop)
         try:
             output.flush(text)
         except Exception as exc:

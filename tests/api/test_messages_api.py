@@ -71,6 +71,26 @@ def test_the_stream_adds_up_to_the_unstreamed_message(claude: anthropic.Anthropi
     assert again.headers["x-cache"] == "HIT-MEMORY"  # the completed stream was stored
 
 
+def test_a_stop_sequence_says_which_one_ended_the_message(claude: anthropic.Anthropic) -> None:
+    request: dict[str, Any] = dict(
+        model="tiny", max_tokens=24, messages=[{"role": "user", "content": "Tell me"}], extra_body={"temperature": 0}
+    )
+    text = claude.messages.create(**request).content[0]
+    assert text.type == "text"
+    # an ASCII character first met past the start: the random model's text has bytes that decode to nothing
+    stop = next(c for i, c in enumerate(text.text) if i >= 2 and c.isascii() and c.isalnum() and c not in text.text[:i])
+    cut = claude.messages.create(**request, stop_sequences=["never there", stop])
+    assert (cut.stop_reason, cut.stop_sequence) == ("stop_sequence", stop)
+    assert (
+        cut.content[0].type == "text" and text.text.startswith(cut.content[0].text) and stop not in cut.content[0].text
+    )
+    with claude.messages.stream(**request, stop_sequences=["never there", stop], extra_headers=FRESH) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", stop)
+    hit = claude.messages.with_raw_response.create(**request, stop_sequences=["never there", stop])
+    assert hit.headers["x-cache"] == "HIT-MEMORY" and hit.parse().stop_sequence == stop
+
+
 def test_the_raw_stream_is_anthropics_event_sequence(http: httpx.Client) -> None:
     body = {"model": "tiny", "max_tokens": 12, "messages": HELLO, "stream": True}
     with http.stream("POST", "/v1/messages", json=body, headers={"anthropic-version": "2023-06-01"}) as response:

@@ -35,6 +35,8 @@ def test_the_earliest_of_several_stops_cuts() -> None:
     output = SequenceOutput([b"zz", b"b"], 100)
     assert output.add(b"abzz") == FinishReason.STOP
     assert output.text() == "a"
+    assert output.stop == "b"  # the one that cut, for Anthropic's stop_sequence
+    assert SequenceOutput([b"zz"], 100).stop is None
 
 
 def test_a_stop_prefix_that_does_not_complete_is_streamed_once_it_cannot() -> None:
