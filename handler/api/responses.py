@@ -293,11 +293,20 @@ async def create_response(
     return builder.whole(answer.completion, read(answer.completion.text))
 
 
-@router.api_route(
-    "/responses/{response_id:path}",
-    methods=["GET", "DELETE"],
-    responses={404: {"model": ErrorResponse, "description": "Always: nothing is stored."}},
-)
+NOT_STORED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "Always: nothing is stored."}
+}
+
+
+# One route per method: with both on one route, the schema's order of them follows a set's, which varies
+# from process to process.
+@router.get("/responses/{response_id:path}", responses=NOT_STORED_RESPONSES)
 async def stored_response(response_id: str) -> None:
     """Always a 404: this service is stateless and stores no responses."""
+    raise NotFound(NOT_STORED, param="response_id")
+
+
+@router.delete("/responses/{response_id:path}", responses=NOT_STORED_RESPONSES)
+async def delete_stored_response(response_id: str) -> None:
+    """Always a 404: nothing is stored to delete."""
     raise NotFound(NOT_STORED, param="response_id")
