@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from handler.api.openai_schemas import Text
+from handler.api.parameters import refuse_undeclared
 from handler.cache.policy import CacheMode
 from handler.core.errors import BadRequest
 from handler.core.types import ChatMessage, ToolCall, ToolSpec
@@ -186,17 +187,7 @@ class MessagesRequest(BaseModel):
 
     def unsupported(self) -> None:
         """Raise a 400 naming the first parameter this service cannot honour."""
-        for name, value in (self.model_extra or {}).items():
-            if value is None or value in NOT_IMPLEMENTED.get(name, ()):
-                continue
-            if name in NOT_IMPLEMENTED:
-                raise BadRequest(
-                    f"The parameter `{name}` is not supported by this service (llama.cpp, text only); leave it out.",
-                    param=name,
-                )
-            raise BadRequest(
-                f"Unknown parameter `{name}`; see /docs for the parameters this service accepts.", param=name
-            )
+        refuse_undeclared(self.model_extra, NOT_IMPLEMENTED)
 
     def system_text(self) -> str | None:
         if self.system is None or isinstance(self.system, str):

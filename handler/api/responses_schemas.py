@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from handler.api.openai_schemas import JsonObjectFormat, Text, TextFormat
+from handler.api.parameters import refuse_undeclared
 from handler.cache.policy import CacheMode
 from handler.core.errors import BadRequest
 from handler.core.types import NO_PARAMETERS, ChatMessage, ToolSpec
@@ -248,17 +249,7 @@ class ResponsesRequest(BaseModel):
         for name in STATEFUL:
             if (self.model_extra or {}).get(name) is not None:
                 raise BadRequest(STATELESS.format(name=name), param=name)
-        for name, value in (self.model_extra or {}).items():
-            if value is None or value in NOT_IMPLEMENTED.get(name, ()):
-                continue
-            if name in NOT_IMPLEMENTED:
-                raise BadRequest(
-                    f"The parameter `{name}` is not supported by this service (llama.cpp, text only); leave it out.",
-                    param=name,
-                )
-            raise BadRequest(
-                f"Unknown parameter `{name}`; see /docs for the parameters this service accepts.", param=name
-            )
+        refuse_undeclared(self.model_extra, NOT_IMPLEMENTED)
 
     def tool_request(self) -> ToolRequest | None:
         """The tools it offers and what it lets the model do with them; None: none offered. Raises BadRequest."""
