@@ -39,6 +39,7 @@ from handler.api.sse import ChunkBuilder, events, sse_response
 from handler.cache.policy import cache_policy
 from handler.core.types import ChatPrompt, Completion, FinishReason, Lora, Prompt, SamplingParams, ToolCall
 from handler.engine.grammar import json_grammar
+from handler.service.answer_stream import overall
 from handler.service.chat_service import ChatService
 from handler.service.prompts import chat_prompt, completion_input
 from handler.service.tool_calls import ParsedAnswer, ToolStream, argument_pieces, has_tool_history, plan_tools
@@ -69,8 +70,10 @@ async def get_model(model_id: str, served: ServedModelsDep) -> ModelCard:
 
 
 async def request_params(service: ChatService, body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
-    """The request's own values over the service's defaults; its stop strings replace config's."""
+    """The request's own values over the service's defaults; its stop strings replace config's. Raises
+    BadRequest for a parameter it cannot honour (`n` beyond the service's limits too)."""
     body.unsupported()
+    service.check_choices(body.choices())
     params = service.params_for(max_tokens, param=body.max_tokens_param())
     logprobs = body.logprobs_asked()
     structured, schema = body.structured_schema()
@@ -159,12 +162,19 @@ def top_dict(top: tuple[tuple[bytes, float], ...]) -> dict[str, float]:
     return out
 
 
-def usage(completion: Completion) -> Usage:
+def usage(choices: tuple[Completion, ...]) -> Usage:
+    """The prompt's tokens once (the choices share it), and the tokens of every choice."""
+    prompt_tokens = choices[0].prompt_tokens
+    completion_tokens = sum(choice.completion_tokens for choice in choices)
     return Usage(
-        prompt_tokens=completion.prompt_tokens,
-        completion_tokens=completion.completion_tokens,
-        total_tokens=completion.prompt_tokens + completion.completion_tokens,
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
     )
+
+
+def calls_seed(response_id: str, index: int) -> str:
+    """What choice `index`'s call ids are made from: ids unique within the response (the first choice's are
+    those of an answer of one)."""
+    return response_id if index == 0 else f"{response_id}/{index}"
 
 
 async def respond(
@@ -175,26 +185,28 @@ async def respond(
     prompt: Prompt,
     params: SamplingParams,
     logged_prompt: str,
-    build: Callable[[Completion], R],
+    build: Callable[[tuple[Completion, ...]], R],
     chunk: ChunkBuilder,
     lora: Lora | None,
 ) -> R | StreamingResponse:
-    """Answer whole, or as server-sent events when the request asks to stream."""
+    """Answer whole, or as server-sent events when the request asks to stream; `n` choices of it."""
     policy = cache_policy(request.headers.get("cache-control"), body.cache)
     deadline = service.deadline(remaining_ms(request))
+    n = body.choices()
     if not body.stream:
-        answer = await service.answer(prompt, params, policy, deadline, lora)
+        answer = await service.answer(prompt, params, policy, deadline, lora, n)
+        whole = overall(answer.choices)
         response.headers["X-Cache"] = answer.source
-        response.headers["X-Finish-Reason"] = answer.completion.finish_reason
-        log_answer(request, answer.source, answer.completion, logged_prompt, shared=answer.shared)
-        return build(answer.completion)
+        response.headers["X-Finish-Reason"] = whole.finish_reason
+        log_answer(request, answer.source, whole, logged_prompt, shared=answer.shared)
+        return build(answer.choices)
 
-    stream = await service.stream(prompt, params, policy, deadline, lora)
+    stream = await service.stream(prompt, params, policy, deadline, lora, n)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
 
-    def usage_chunk(completion: Completion) -> dict[str, Any]:
-        bare = chunk(None, None)
-        return {**(bare if isinstance(bare, dict) else bare[0]), "choices": [], "usage": usage(completion).model_dump()}
+    def usage_chunk(choices: tuple[Completion, ...]) -> dict[str, Any]:
+        bare = chunk(0, None, None)
+        return {**(bare if isinstance(bare, dict) else bare[0]), "choices": [], "usage": usage(choices).model_dump()}
 
     def finished(completion: Completion) -> None:
         log_answer(request, stream.source, completion, logged_prompt, stream=True)
@@ -219,26 +231,28 @@ async def completions(
     rid, created, model = response_id(request, "cmpl"), int(time.time()), body.model
     prompt_text = body.prompt
 
-    def build(completion: Completion) -> CompletionResponse:
+    def build(choices: tuple[Completion, ...]) -> CompletionResponse:
         return CompletionResponse(
             id=rid,
             created=created,
             model=model,
-            usage=usage(completion),
+            usage=usage(choices),
             choices=[
                 CompletionChoice(
+                    index=index,
                     text=completion.text,
                     logprobs=completion_logprobs(completion, prompt_text),
                     finish_reason=openai_finish_reason(completion),
                 )
+                for index, completion in enumerate(choices)
             ],
         )
 
-    def chunk(text: str | None, last: Completion | None) -> dict[str, Any]:
-        """Text chunks carry no logprobs: the last chunk carries them all."""
+    def chunk(index: int, text: str | None, last: Completion | None) -> dict[str, Any]:
+        """Text chunks carry no logprobs: each choice's last chunk carries them all."""
         logprobs = None if last is None else completion_logprobs(last, prompt_text)
         choice = {
-            "index": 0,
+            "index": index,
             "text": text or "",
             "logprobs": None if logprobs is None else logprobs.model_dump(),
             "finish_reason": None if last is None else openai_finish_reason(last),
@@ -270,44 +284,54 @@ async def chat_completions(
         params = dataclasses.replace(params, grammar=plan.grammar)
     rid, created, model = response_id(request, "chatcmpl"), int(time.time()), body.model
 
-    def build(completion: Completion) -> ChatCompletionResponse:
-        answer = plan.parse(completion.text, rid) if plan is not None else ParsedAnswer(completion.text)
+    def chat_choice(index: int, completion: Completion) -> ChatChoice:
+        """Each choice's answer read on its own: its text, and its calls where it makes any."""
+        text = completion.text
+        answer = plan.parse(text, calls_seed(rid, index)) if plan is not None else ParsedAnswer(text)
+        return ChatChoice(
+            index=index,
+            message=AssistantMessage(
+                content=answer.content, tool_calls=[ToolCallOut.of(c) for c in answer.calls] or None
+            ),
+            logprobs=chat_logprobs(completion),
+            finish_reason=tool_finish_reason(completion, answer.calls),
+        )
+
+    def build(choices: tuple[Completion, ...]) -> ChatCompletionResponse:
         return ChatCompletionResponse(
             id=rid,
             created=created,
             model=model,
-            usage=usage(completion),
-            choices=[
-                ChatChoice(
-                    message=AssistantMessage(
-                        content=answer.content, tool_calls=[ToolCallOut.of(c) for c in answer.calls] or None
-                    ),
-                    logprobs=chat_logprobs(completion),
-                    finish_reason=tool_finish_reason(completion, answer.calls),
-                )
-            ],
+            usage=usage(choices),
+            choices=[chat_choice(index, completion) for index, completion in enumerate(choices)],
         )
 
-    first = True
+    begun: set[int] = set()  # the choices whose first delta (with the role) has gone
 
-    def delta_chunk(delta: dict[str, Any], last: Completion | None, calls: tuple[ToolCall, ...] = ()) -> dict[str, Any]:
-        """Delta chunks carry no logprobs: the last chunk carries them all."""
-        nonlocal first
-        if first and delta:
-            delta, first = {**delta, "role": "assistant"}, False
+    def delta_chunk(
+        index: int, delta: dict[str, Any], last: Completion | None, calls: tuple[ToolCall, ...] = ()
+    ) -> dict[str, Any]:
+        """Delta chunks carry no logprobs: each choice's last chunk carries them all."""
+        if delta and index not in begun:
+            delta = {**delta, "role": "assistant"}
+            begun.add(index)
         logprobs = None if last is None else chat_logprobs(last)
         choice = {
-            "index": 0,
+            "index": index,
             "delta": delta,
             "logprobs": None if logprobs is None else logprobs.model_dump(),
             "finish_reason": None if last is None else tool_finish_reason(last, calls),
         }
         return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]}
 
-    def chunk(text: str | None, last: Completion | None) -> dict[str, Any]:
-        return delta_chunk({} if text is None else {"content": text}, last)
+    def chunk(index: int, text: str | None, last: Completion | None) -> dict[str, Any]:
+        return delta_chunk(index, {} if text is None else {"content": text}, last)
 
-    stream_chunk = chunk if plan is None or not plan.reads_calls else tool_chunks(plan.stream(rid), delta_chunk)
+    if plan is None or not plan.reads_calls:
+        stream_chunk: ChunkBuilder = chunk
+    else:
+        reading = plan
+        stream_chunk = tool_chunks(lambda index: reading.stream(calls_seed(rid, index)), delta_chunk)
     last = messages[-1].content
     return await respond(request, response, service, body, prompt, params, last, build, stream_chunk, lora)
 
@@ -317,28 +341,33 @@ def tool_finish_reason(completion: Completion, calls: tuple[ToolCall, ...]) -> s
     return "tool_calls" if calls and completion.finish_reason == FinishReason.STOP else openai_finish_reason(completion)
 
 
-DeltaChunk = Callable[[dict[str, Any], Completion | None, tuple[ToolCall, ...]], dict[str, Any]]
+DeltaChunk = Callable[[int, dict[str, Any], Completion | None, tuple[ToolCall, ...]], dict[str, Any]]
 
 
-def tool_chunks(reader: ToolStream, delta_chunk: DeltaChunk) -> ChunkBuilder:
-    """Chat chunks for an answer that may call tools, as OpenAI streams them: its text as it is known to be
-    text; then for each call its `id`, `type` and `function.name` (with empty arguments), then its
-    `function.arguments` in pieces; then the last chunk, `finish_reason: "tool_calls"`."""
+def tool_chunks(reader_for: Callable[[int], ToolStream], delta_chunk: DeltaChunk) -> ChunkBuilder:
+    """Chat chunks for an answer that may call tools, as OpenAI streams them, each choice read on its own
+    (`reader_for` its index): its text as it is known to be text; then for each call its `id`, `type` and
+    `function.name` (with empty arguments), then its `function.arguments` in pieces; then the choice's last
+    chunk, `finish_reason: "tool_calls"`."""
+    readers: dict[int, ToolStream] = {}
 
-    def build(text: str | None, last: Completion | None) -> dict[str, Any] | list[dict[str, Any]]:
+    def build(choice: int, text: str | None, last: Completion | None) -> dict[str, Any] | list[dict[str, Any]]:
+        if text is None and last is None:
+            return delta_chunk(choice, {}, None, ())
+        if choice not in readers:
+            readers[choice] = reader_for(choice)
+        reader = readers[choice]
         if last is None:
-            if text is None:
-                return delta_chunk({}, None, ())
-            known = reader.feed(text)
-            return [delta_chunk({"content": known}, None, ())] if known else []
+            known = reader.feed(text or "")
+            return [delta_chunk(choice, {"content": known}, None, ())] if known else []
         rest, calls = reader.finish(last.text)
-        bodies = [delta_chunk({"content": rest}, None, ())] if rest else []
+        bodies = [delta_chunk(choice, {"content": rest}, None, ())] if rest else []
         for index, call in enumerate(calls):
             head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
-            bodies.append(delta_chunk({"tool_calls": [head]}, None, ()))
+            bodies.append(delta_chunk(choice, {"tool_calls": [head]}, None, ()))
             for piece in argument_pieces(call.arguments):
                 fragment = {"index": index, "function": {"arguments": piece}}
-                bodies.append(delta_chunk({"tool_calls": [fragment]}, None, ()))
-        return [*bodies, delta_chunk({}, last, calls)]
+                bodies.append(delta_chunk(choice, {"tool_calls": [fragment]}, None, ()))
+        return [*bodies, delta_chunk(choice, {}, last, calls)]
 
     return build

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from handler.api.parameters import refuse_undeclared
 from handler.cache.policy import CacheMode
 from handler.core.errors import BadRequest
 from handler.core.types import NO_PARAMETERS, ChatMessage, LogitBias, ToolCall, ToolSpec
@@ -20,7 +21,6 @@ from handler.service.tool_calls import ToolChoice, ToolRequest, tool_request
 # Parameters of the OpenAI API this service does not implement, with the values that ask for
 # nothing (clients often send the default explicitly); any other value is refused.
 NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
-    "n": (1,),
     "best_of": (1,),
     "echo": (False,),
     "top_logprobs": (0,),  # a chat parameter; on /v1/completions `logprobs` is the number
@@ -107,6 +107,13 @@ class OpenAIRequest(BaseModel):
         description="The service's seed when left out, so the same request gets the same answer.",
     )
     stop: Text | list[Text] | None = Field(None, description="Up to 4 strings where the generation stops.")
+    n: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="Choices sampled from the one prompt, up to the service's `max_choices` (8): choice i with "
+        "`seed` + i (at temperature 0 all are the same greedy answer); each counts against max_pending_generations.",
+    )
     stream: bool = Field(False, description="Server-sent events; under a function (Mangum), sent all at once.")
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, description="Accepted for compatibility; it does not change the answer.")
@@ -179,6 +186,10 @@ class OpenAIRequest(BaseModel):
         """The field the answer's length came from, for an error to name."""
         return "max_tokens"
 
+    def choices(self) -> int:
+        """How many choices to sample (`n`; 1 when left out)."""
+        return 1 if self.n is None else self.n
+
     @field_validator("stop")
     @classmethod
     def _stops(cls, stop: str | list[str] | None) -> list[str]:
@@ -197,18 +208,7 @@ class OpenAIRequest(BaseModel):
                 "stored completions (nothing here retrieves them). Leave `store` unset or send false.",
                 param="store",
             )
-        for name, value in (self.model_extra or {}).items():
-            if value is None or value in NOT_IMPLEMENTED.get(name, ()):
-                continue
-            if name in NOT_IMPLEMENTED:
-                raise BadRequest(
-                    f"The parameter `{name}` is not supported by this service (llama.cpp, one "
-                    f"choice per request, text only); leave it out.",
-                    param=name,
-                )
-            raise BadRequest(
-                f"Unknown parameter `{name}`; see /docs for the parameters this service accepts.", param=name
-            )
+        refuse_undeclared(self.model_extra, NOT_IMPLEMENTED)
 
 
 class CompletionRequest(OpenAIRequest):

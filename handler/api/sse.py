@@ -15,14 +15,15 @@ from starlette.responses import StreamingResponse
 
 from handler.core.errors import ServiceError
 from handler.core.types import Completion, FinishReason
-from handler.service.answer_stream import AnswerStream
+from handler.service.answer_stream import AnswerStream, overall
 
 log = logging.getLogger(__name__)
 
-# A piece of text, or None and the finished answer for the last chunk (its finish reason, and the
-# log-probabilities when they were asked for); None and None for a bare chunk: one chunk's body, or a list
-# of chunks' bodies (none, for a piece held back; several, for a finished answer's tool calls).
-ChunkBuilder = Callable[[str | None, Completion | None], dict[str, Any] | list[dict[str, Any]]]
+# The index of the choice, and a piece of its text, or None and the choice's finished answer for its last
+# chunk (its finish reason, and the log-probabilities when they were asked for); None and None for a bare
+# chunk: one chunk's body, or a list of chunks' bodies (none, for a piece held back; several, for a finished
+# answer's tool calls).
+ChunkBuilder = Callable[[int, str | None, Completion | None], dict[str, Any] | list[dict[str, Any]]]
 Finished = Callable[[Completion], None]
 
 
@@ -38,24 +39,26 @@ def chunk_events(bodies: dict[str, Any] | list[dict[str, Any]]) -> str:
 async def events(
     stream: AnswerStream,
     chunk: ChunkBuilder,
-    usage_chunk: Callable[[Completion], dict[str, Any]] | None,
+    usage_chunk: Callable[[tuple[Completion, ...]], dict[str, Any]] | None,
     finished: Finished,
 ) -> AsyncIterator[str]:
-    """The events of one answer. However it ends (done, failed, or the client gone, which cancels this
+    """The events of one answer: each choice's pieces as they come, tagged with its index, then each
+    choice's last chunk. However it ends (done, failed, or the client gone, which cancels this
     generator), the generation is told to stop, so the model is free for the next request; an answer
     the service failed is logged as an error, one the client abandoned as cancelled."""
     completed = False
     ended = FinishReason.CANCELLED  # unless it failed: a client gone cancels or closes this generator, no Exception
     try:
-        async for piece in stream:
-            if text := chunk_events(chunk(piece, None)):
+        async for index, piece in stream.indexed():
+            if text := chunk_events(chunk(index, piece, None)):
                 yield text
-        completion = stream.completion
-        assert completion is not None
-        yield chunk_events(chunk(None, completion))
+        choices = stream.choices
+        assert choices
+        for index, completion in enumerate(choices):
+            yield chunk_events(chunk(index, None, completion))
         if usage_chunk is not None:
-            yield event(usage_chunk(completion))
-        finished(completion)
+            yield event(usage_chunk(choices))
+        finished(overall(choices))
         completed = True
         yield event("[DONE]")
     except ServiceError as exc:  # after the 200 went out: the error travels as an event, as OpenAI sends it

@@ -3,8 +3,10 @@
 An entry carries its schema version and the key it was stored under: an entry from an older
 release, a damaged one, or one under the wrong key reads as a miss, never as an answer.
 
-Two kinds: a completion (no `kind` field, as entries always had), and an embedding vector
-(`kind: "embedding"`, with a schema version of its own), each read back only as its own kind.
+Three kinds: a completion (no `kind` field, as entries always had), the choices of a request for
+several (`kind: "choices"`, each a completion's fields, under the completions' schema version), and an
+embedding vector (`kind: "embedding"`, with a schema version of its own), each read back only as its own
+kind.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import TypeVar
 
-from handler.core.types import Completion, Embedding, FinishReason, TokenLogprob
+from handler.core.types import Choices, Completion, Embedding, FinishReason, TokenLogprob
 
 # 2: keys name the full-content identity and the model input as the model sees it
 # 3: grammar, logit bias and logprobs join the key; entries carry log-probabilities
@@ -24,12 +26,13 @@ SCHEMA_VERSION = 3
 # 1: the vector as little-endian float64 in base64 (exact for float32 and normalized values), and its tokens
 EMBEDDING_SCHEMA_VERSION = 1
 EMBEDDING_KIND = "embedding"
+CHOICES_KIND = "choices"
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Entry:
-    value: Completion | Embedding
+    value: Completion | Choices | Embedding
     created: float  # wall-clock seconds, so an entry's age survives a restart
 
     def expired(self, ttl: float | None) -> bool:
@@ -40,21 +43,23 @@ def encode(key: str, entry: Entry) -> bytes:
     c = entry.value
     if isinstance(c, Embedding):
         return _encode_embedding(key, entry.created, c)
-    return json.dumps(
-        {
-            "v": SCHEMA_VERSION,
-            "key": key,
-            "created": entry.created,
-            "text": c.text,
-            "finish_reason": c.finish_reason,
-            "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens,
-            "logprobs": None if c.logprobs is None else [_encode_logprob(t) for t in c.logprobs],
-            "stop": c.stop,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode("utf-8")
+    head: dict[str, object] = {"v": SCHEMA_VERSION, "key": key, "created": entry.created}
+    if isinstance(c, Choices):
+        body: dict[str, object] = {"kind": CHOICES_KIND, "choices": [_completion_fields(one) for one in c.completions]}
+    else:
+        body = _completion_fields(c)
+    return json.dumps({**head, **body}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _completion_fields(c: Completion) -> dict[str, object]:
+    return {
+        "text": c.text,
+        "finish_reason": c.finish_reason,
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "logprobs": None if c.logprobs is None else [_encode_logprob(t) for t in c.logprobs],
+        "stop": c.stop,
+    }
 
 
 def decode(key: str, raw: object) -> Entry | None:
@@ -67,20 +72,31 @@ def decode(key: str, raw: object) -> Entry | None:
             return None
         if data.get("kind") == EMBEDDING_KIND:
             return _decode_embedding(data)
-        if "kind" in data or data.get("v") != SCHEMA_VERSION:
+        if data.get("kind", CHOICES_KIND) != CHOICES_KIND or data.get("v") != SCHEMA_VERSION:
             return None
-        completion = Completion(
-            text=_typed(data["text"], str),
-            finish_reason=FinishReason(_typed(data["finish_reason"], str)),
-            prompt_tokens=_typed(data["prompt_tokens"], int),
-            completion_tokens=_typed(data["completion_tokens"], int),
-            logprobs=_decode_logprobs(data.get("logprobs")),
-            stop=None if data.get("stop") is None else _typed(data["stop"], str),
-        )
+        value: Completion | Choices
+        if "kind" in data:
+            choices = tuple(_completion(_typed(one, dict)) for one in _typed(data["choices"], list))
+            if len(choices) < 2:
+                raise ValueError("an answer of choices has several")
+            value = Choices(choices)
+        else:
+            value = _completion(data)
         created = data["created"]
-        return Entry(completion, float(created if isinstance(created, float) else _typed(created, int)))
+        return Entry(value, float(created if isinstance(created, float) else _typed(created, int)))
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _completion(data: dict[str, object]) -> Completion:
+    return Completion(
+        text=_typed(data["text"], str),
+        finish_reason=FinishReason(_typed(data["finish_reason"], str)),
+        prompt_tokens=_typed(data["prompt_tokens"], int),
+        completion_tokens=_typed(data["completion_tokens"], int),
+        logprobs=_decode_logprobs(data.get("logprobs")),
+        stop=None if data.get("stop") is None else _typed(data["stop"], str),
+    )
 
 
 def _encode_embedding(key: str, created: float, embedding: Embedding) -> bytes:

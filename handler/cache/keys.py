@@ -14,10 +14,17 @@ from handler.core.types import EmbeddingInput, SamplingParams
 
 
 def cache_key(
-    model: str, prompt: str, params: SamplingParams, n_ctx: int, lora: tuple[str, float] | None = None
+    model: str,
+    prompt: str,
+    params: SamplingParams,
+    n_ctx: int,
+    lora: tuple[str, float] | None = None,
+    seeds: tuple[int, ...] = (),
 ) -> str:
     """`prompt`: the model's whole input, as `ModelInput.key_material` writes it. `lora`: the identity of
-    the LoRA adapter applied and its scale; absent for the model alone, whose keys stay as they were."""
+    the LoRA adapter applied and its scale; absent for the model alone, whose keys stay as they were.
+    `seeds`: for a request for several choices, each choice's seed (how many, and how each is drawn);
+    empty for one answer, whose keys stay as they were."""
     material: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "model": model,
@@ -27,6 +34,8 @@ def cache_key(
     }
     if lora is not None:
         material["lora"] = {"identity": lora[0], "scale": lora[1]}
+    if seeds:
+        material["choices"] = {"n": len(seeds), "seeds": list(seeds)}
     return _digest(material)
 
 

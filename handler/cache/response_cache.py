@@ -16,9 +16,9 @@ from handler.cache.shared import SharedTier
 from handler.cache.signing import EntrySigner
 from handler.cache.tier import Tier
 from handler.core.settings import Settings
-from handler.core.types import CacheSource, Completion, Embedding
+from handler.core.types import CacheSource, Choices, Completion, Embedding
 
-V = TypeVar("V", Completion, Embedding)
+V = TypeVar("V", Completion, Choices, Embedding)
 log = logging.getLogger(__name__)
 
 
@@ -89,6 +89,14 @@ class ResponseCache:
         """The blocking tiers. Call from a worker thread."""
         return self._walk(key, blocking=True, kind=Completion)
 
+    def get_choices_fast(self, key: str) -> tuple[Choices, CacheSource] | None:
+        """An answer of several choices, from the tiers cheap enough to read on the event loop."""
+        return self._walk(key, blocking=False, kind=Choices)
+
+    def get_choices_slow(self, key: str) -> tuple[Choices, CacheSource] | None:
+        """Blocking: call from a worker thread."""
+        return self._walk(key, blocking=True, kind=Choices)
+
     def get_embedding_fast(self, key: str) -> tuple[Embedding, CacheSource] | None:
         return self._walk(key, blocking=False, kind=Embedding)
 
@@ -107,10 +115,14 @@ class ResponseCache:
                 return entry.value, tier.source
         return None
 
-    def put(self, key: str, completion: Completion) -> None:
-        """Blocking: call from a worker thread. Only finished answers come here."""
+    def put(self, key: str, answer: Completion | Choices) -> None:
+        """Blocking: call from a worker thread. Only finished answers come here (every choice whole)."""
+
         # What it cost to make is this request's, not the answer's: a hit made nothing.
-        stored = dataclasses.replace(completion, generation_seconds=0.0, load_seconds=None)
+        def bare(completion: Completion) -> Completion:
+            return dataclasses.replace(completion, generation_seconds=0.0, load_seconds=None)
+
+        stored = Choices(tuple(map(bare, answer.completions))) if isinstance(answer, Choices) else bare(answer)
         self._put(key, Entry(stored, time.time()))
 
     def put_embedding(self, key: str, embedding: Embedding) -> None:

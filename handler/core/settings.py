@@ -137,6 +137,14 @@ class Settings(BaseModel):
     # Generation defaults
     max_tokens_default: int = Field(100, ge=1, description="max_tokens when a request leaves it out.")
     max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for.")
+    max_choices: int = Field(
+        8,
+        ge=1,
+        le=128,
+        description="Largest `n` (choices sampled from one prompt) a /v1 completion request may ask for. Each "
+        "sampled choice is a generation, counted against max_pending_generations (n above that is refused too); "
+        "at temperature 0 one generation makes every choice.",
+    )
     temperature: float = Field(
         0.0, ge=0.0, le=2.0, description="0 is greedy: deterministic, so a cached answer is the answer."
     )

@@ -89,6 +89,19 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class Choices:
+    """The answers to one request for several choices (OpenAI's `n`), in order: cached as one answer."""
+
+    completions: tuple[Completion, ...]
+
+
+def choice_seed(seed: int, index: int) -> int:
+    """The seed of choice `index` of a request for several: the request's seed plus the index, in 32 bits
+    (what llama.cpp's sampler takes)."""
+    return (seed + index) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
 class Lora:
     """A LoRA adapter a request asks for, by its configured name, and the scale it is applied at."""
 

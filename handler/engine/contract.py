@@ -116,8 +116,10 @@ class Engine(Protocol):
         cancelled: threading.Event | None = None,
         on_text: Callable[[str], None] | None = None,
         lora: tuple[str, float] | None = None,
+        prompt_decoded: threading.Event | None = None,
     ) -> Future[Generated]:
-        """`lora`: a LoRA adapter file and the scale it is applied at."""
+        """`lora`: a LoRA adapter file and the scale it is applied at; `prompt_decoded`, set once the prompt's
+        KV cells are computed (a later request with the same prompt copies them instead)."""
         ...
 
     @property

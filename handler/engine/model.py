@@ -10,12 +10,15 @@ a cold start pays for it only when a request needs the model.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from handler.core.errors import BadRequest, ContextOverflow, GenerationFailed, InputTooLong, ModelUnavailable
 from handler.core.settings import Settings
@@ -28,7 +31,15 @@ from handler.core.types import (
     ModelInput,
     SamplingParams,
 )
-from handler.engine.contract import Engine, EngineError, EngineLoadError, EngineSettings, InvalidRequest
+from handler.engine.contract import (
+    Engine,
+    EngineError,
+    EngineLoadError,
+    EngineSettings,
+    Generated,
+    InvalidRequest,
+)
+from handler.engine.leases import Leases
 from handler.engine.model_files.identity import DigestMemo
 from handler.engine.model_files.source import LocalSource, ModelSource, OpenedModel, S3Source, model_source
 
@@ -80,7 +91,7 @@ class ModelHolder:
         self.source = source or model_source(settings)
         self._loader = loader
         self._lock = threading.Lock()  # loads and swaps
-        self._leases = _Leases()  # callers using each engine: a replaced one is freed after the last
+        self._leases = Leases()  # callers using each engine: a replaced one is freed after the last
         self._engine: Engine | None = None
         self._opened: OpenedModel | None = None
         self.adapter_sources = {name: adapter_source(settings, name) for name in settings.lora_adapters}
@@ -235,10 +246,27 @@ class ModelHolder:
 
         Raises ModelUnavailable, ContextOverflow or GenerationFailed.
         """
+        texts = None if on_text is None else (lambda _index, text: on_text(text))
+        return self.generate_choices(model_input, (params,), deadline, cancelled=cancelled, on_text=texts, lora=lora)[0]
+
+    def generate_choices(
+        self,
+        model_input: ModelInput,
+        choices: tuple[SamplingParams, ...],
+        deadline: float | None = None,
+        *,
+        cancelled: threading.Event | None = None,
+        on_text: Callable[[int, str], None] | None = None,
+        lora: Lora | None = None,
+    ) -> tuple[Completion, ...]:
+        """As `generate`, one answer for each of `choices` (the same but for their seeds), from one prompt
+        decoded once: the first choice is submitted alone, and the others once its prompt's KV cells are in,
+        which the engine then copies to them (prefix reuse). `on_text` gets each piece with its choice's
+        index. Raises as `generate`, once every choice has ended."""
         adapter = self._adapter(lora.name) if lora is not None else None
         with self._use() as (engine, opened, load_seconds):
             return self._generate(
-                engine, opened, load_seconds, model_input, params, deadline, cancelled, on_text, lora, adapter
+                engine, opened, load_seconds, model_input, choices, deadline, cancelled, on_text, lora, adapter
             )
 
     def _generate(
@@ -247,41 +275,54 @@ class ModelHolder:
         opened: OpenedModel,
         load_seconds: float | None,
         model_input: ModelInput,
-        params: SamplingParams,
+        choices: tuple[SamplingParams, ...],
         deadline: float | None,
         cancelled: threading.Event | None,
-        on_text: Callable[[str], None] | None,
+        on_text: Callable[[int, str], None] | None,
         lora: Lora | None,
         adapter: OpenedModel | None,
-    ) -> Completion:
+    ) -> tuple[Completion, ...]:
         tokens = tokenize(engine, model_input)
-        if len(tokens) + params.max_tokens > engine.n_ctx:
-            raise ContextOverflow(len(tokens), params.max_tokens, engine.n_ctx)
+        max_tokens = choices[0].max_tokens
+        if len(tokens) + max_tokens > engine.n_ctx:
+            raise ContextOverflow(len(tokens), max_tokens, engine.n_ctx)
         if cancelled is not None and cancelled.is_set():  # gone while waiting for the model
-            return Completion("", FinishReason.CANCELLED, len(tokens), 0, model_identity=opened.identity)
-        extra = {} if adapter is None or lora is None else {"lora": (adapter.path, lora.scale)}
+            gone = Completion("", FinishReason.CANCELLED, len(tokens), 0, model_identity=opened.identity)
+            return (gone,) * len(choices)
+        extra: dict[str, Any] = {} if adapter is None or lora is None else {"lora": (adapter.path, lora.scale)}
         try:
-            generated = engine.submit(
-                tokens, params, deadline=deadline, cancelled=cancelled, on_text=on_text, **extra
-            ).result()
+            futures = submit_choices(
+                engine,
+                tokens,
+                choices,
+                on_text,
+                share_prompt=self.settings.reuse_prompt_prefix,
+                deadline=deadline,
+                cancelled=cancelled,
+                **extra,
+            )
+            generated = results(futures)
         except InvalidRequest as exc:
             raise BadRequest(str(exc), param=exc.param) from None
         except EngineLoadError as exc:
             raise ModelUnavailable(f"LoRA adapter {lora.name if lora else ''} failed to load: {exc}") from exc
         except (EngineError, ValueError, RuntimeError, OSError) as exc:
             raise GenerationFailed(f"llama.cpp generation failed: {exc!r}") from exc
-        self.generations += 1
-        return Completion(
-            text=generated.text,
-            finish_reason=generated.finish_reason,
-            prompt_tokens=generated.prompt_tokens,
-            completion_tokens=generated.completion_tokens,
-            generation_seconds=generated.generation_seconds,
-            load_seconds=load_seconds,
-            model_identity=opened.identity,
-            logprobs=generated.logprobs,
-            stop=generated.stop,
-            adapter_identity=None if adapter is None else adapter.identity,
+        self.generations += len(generated)
+        return tuple(
+            Completion(
+                text=one.text,
+                finish_reason=one.finish_reason,
+                prompt_tokens=one.prompt_tokens,
+                completion_tokens=one.completion_tokens,
+                generation_seconds=one.generation_seconds,
+                load_seconds=load_seconds,
+                model_identity=opened.identity,
+                logprobs=one.logprobs,
+                stop=one.stop,
+                adapter_identity=None if adapter is None else adapter.identity,
+            )
+            for one in generated
         )
 
     # ---- embeddings ----------------------------------------------------------------------------
@@ -368,31 +409,33 @@ def tokenize(engine: Engine, model_input: ModelInput) -> list[int]:
     return tokens + [token for s in model_input.segments for token in pieces(s.text, s.special)]
 
 
-class _Leases:
-    """How many callers hold each engine. A replaced engine is closed, and its file released, on a thread
-    of its own once the last caller has its answer (its generations, streams and embeddings included)."""
+def submit_choices(
+    engine: Engine,
+    tokens: list[int],
+    choices: tuple[SamplingParams, ...],
+    on_text: Callable[[int, str], None] | None,
+    *,
+    share_prompt: bool,
+    **kwargs: Any,
+) -> list[Future[Generated]]:
+    """One generation per choice, in order. With `share_prompt` (prefix reuse on) and several choices, the
+    first goes alone, and the others once its prompt's cells are in the KV cache (or it has ended): the
+    engine then copies those cells to each of them (`SlotTable.place`) instead of decoding the prompt again.
+    Submitted together, they would be admitted in one step and each would decode the whole prompt."""
 
-    def __init__(self) -> None:
-        self._held: dict[int, int] = {}  # by id() of the engine
-        self._changed = threading.Condition()
+    def texts(index: int) -> Callable[[str], None] | None:
+        return None if on_text is None else functools.partial(on_text, index)
 
-    def take(self, engine: Engine) -> None:
-        with self._changed:
-            self._held[id(engine)] = self._held.get(id(engine), 0) + 1
+    decoded = threading.Event() if share_prompt and len(choices) > 1 else None
+    first = engine.submit(tokens, choices[0], on_text=texts(0), prompt_decoded=decoded, **kwargs)
+    if decoded is not None:
+        first.add_done_callback(lambda _: decoded.set())  # ended before: failed, cancelled or out of time
+        decoded.wait()
+    rest = [engine.submit(tokens, params, on_text=texts(i), **kwargs) for i, params in enumerate(choices[1:], 1)]
+    return [first, *rest]
 
-    def release(self, engine: Engine) -> None:
-        with self._changed:
-            self._held[id(engine)] -= 1
-            if not self._held[id(engine)]:
-                del self._held[id(engine)]
-                self._changed.notify_all()
 
-    def retire(self, engine: Engine, opened: OpenedModel | None) -> None:
-        def wait_then_close() -> None:
-            with self._changed:
-                self._changed.wait_for(lambda: id(engine) not in self._held)
-            engine.close()
-            if opened is not None:
-                opened.release()
-
-        threading.Thread(target=wait_then_close, name="retire-model", daemon=True).start()
+def results(futures: list[Future[Generated]]) -> list[Generated]:
+    """Every future's result, once all have ended (none left running unseen); the first failure raised."""
+    wait(futures)
+    return [future.result() for future in futures]

@@ -218,12 +218,14 @@ class Scheduler(ContextView):
         cancelled: threading.Event | None = None,
         on_text: Callable[[str], None] | None = None,
         lora: LoraSet = None,
+        prompt_decoded: threading.Event | None = None,
     ) -> Future[Generated]:
-        """Queue one generation. `deadline` is a time.monotonic() value; `on_text` is called from the
-        scheduler thread with each streamable piece; `lora`, a LoRA adapter file and its scale. Raises
-        ValueError for a request that can never fit, EngineClosed after close(); an adapter llama.cpp
-        cannot load fails the future with EngineLoadError."""
+        """Queue one generation. `deadline` is a time.monotonic() value; `on_text` is called from the scheduler
+        thread with each streamable piece; `lora`, a LoRA adapter file and its scale; `prompt_decoded` is set
+        once the prompt's cells are in the KV cache. Raises ValueError for a request that can never fit,
+        EngineClosed after close(); an adapter llama.cpp cannot load fails the future with EngineLoadError."""
         request = Request.new(tokens, params, deadline, cancelled, on_text, lora, pool=self._llama.n_ctx)
+        request.prompt_decoded = prompt_decoded
         self._llama.check_sampling(params)
         with self._cond:
             if self._closing:

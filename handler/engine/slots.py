@@ -57,6 +57,9 @@ class Request:
     stops: list[bytes]  # non-empty stop strings, matched on bytes as llama-cpp-python does
     lora: LoraSet = None
     submitted: float = field(default_factory=time.perf_counter)
+    # set once the prompt's cells are all in the KV cache: a request for several choices admits the others
+    # then, and they copy these cells rather than decode the prompt again (`SlotTable.place`)
+    prompt_decoded: threading.Event | None = None
 
     @classmethod
     def new(
@@ -154,6 +157,8 @@ class Sequence:
         self.slot.cached.extend(self.batch_tokens)
         if self.state is SequenceState.PREFILL:
             del self.pending[: len(self.batch_tokens)]
+            if not self.pending and self.request.prompt_decoded is not None:
+                self.request.prompt_decoded.set()
 
     def feed(self, token: int) -> None:
         """A sampled token that does not end the answer: decoded next step."""

@@ -183,7 +183,7 @@ def test_anything_that_changes_the_answer_misses(http: httpx.Client, change: dic
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"n": 2}, "n"),
+        ({"n": 9}, "n"),  # above max_choices (8)
         ({"functions": [{"name": "f"}]}, "functions"),  # the deprecated form of tools
         ({"frobnicate": 1}, "frobnicate"),
     ],

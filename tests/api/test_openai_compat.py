@@ -100,7 +100,7 @@ def test_unknown_parameters_and_bad_values_are_still_400s_naming_them(
         ("POST", "/v1/chat/completions", {**CHAT, "model": "gpt-4o"}, 404),
         ("GET", "/v1/models/gpt-4o", None, 404),
         ("POST", "/v1/chat/completions", {**CHAT, "messages": []}, 400),
-        ("POST", "/v1/completions", {**COMPLETION, "n": 3}, 400),
+        ("POST", "/v1/completions", {**COMPLETION, "n": 9}, 400),
         ("POST", "/v1/completions", {**COMPLETION, "max_tokens": 10_000}, 400),
         ("POST", "/v1/embeddings", {"model": "tiny", "input": ""}, 400),
         ("POST", "/v1/foo", {}, 404),
