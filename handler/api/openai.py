@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from handler.api.common import log_answer, remaining_ms
+from handler.api.conversation import conversation
 from handler.api.deps import ChatServiceDep, ServedModelsDep
 from handler.api.openai_answers import (
     AssistantMessage,
@@ -37,12 +38,12 @@ from handler.api.openai_schemas import ChatCompletionRequest, CompletionRequest,
 from handler.api.schemas import ErrorResponse
 from handler.api.sse import ChunkBuilder, events, sse_response
 from handler.cache.policy import cache_policy
-from handler.core.types import ChatPrompt, Completion, FinishReason, Lora, Prompt, SamplingParams, ToolCall
+from handler.core.types import Completion, FinishReason, Lora, Prompt, SamplingParams, ToolCall
 from handler.engine.grammar import json_grammar
 from handler.service.answer_stream import overall
 from handler.service.chat_service import ChatService
-from handler.service.prompts import chat_prompt, completion_input
-from handler.service.tool_calls import ParsedAnswer, ToolStream, argument_pieces, has_tool_history, plan_tools
+from handler.service.prompts import completion_input
+from handler.service.tool_calls import ParsedAnswer, ToolStream, argument_pieces
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 
@@ -272,16 +273,11 @@ async def chat_completions(
     lora = service.served.lora_for(body.model, body.lora_scale)
     messages = [m.message() for m in body.messages]
     tools = body.tool_request()
-    plan = None
-    if tools is not None or has_tool_history(messages):
-        # How tools are called depends on the model's template; making their grammar imports llama_cpp.
-        plan = await run_in_threadpool(plan_tools, tools, messages, await service.chat_template())
-    rendered = list(plan.messages) if plan is not None else messages
-    prompt = chat_prompt(service.settings, rendered, plan.tools if plan is not None else ())
-    service.check_prompt((prompt.fallback if isinstance(prompt, ChatPrompt) else prompt).full_text)
+    talk = await conversation(service, messages, tools)
+    plan, prompt = talk.plan, talk.prompt
     params = await request_params(service, body, body.max_completion_tokens or body.max_tokens)
-    if plan is not None and plan.grammar is not None:
-        params = dataclasses.replace(params, grammar=plan.grammar)
+    if talk.grammar is not None:
+        params = dataclasses.replace(params, grammar=talk.grammar)
     rid, created, model = response_id(request, "chatcmpl"), int(time.time()), body.model
 
     def chat_choice(index: int, completion: Completion) -> ChatChoice:
