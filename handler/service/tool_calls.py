@@ -1,10 +1,12 @@
 """Tool calls on chat: what the model is shown, the grammar its answer is held to, and its calls read back.
 
-Two formats, chosen by the model's chat template (`tool_style`):
+The format is chosen by the model's chat template (`tool_style`):
 
-- **hermes**: a template that lists tools itself and writes calls as `<tool_call>` blocks (Qwen 2.5,
-  Hermes 2 Pro and 3). The tools and the history go to the template as they are; the model writes
-  `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`.
+- **native** formats (handler.service.tool_formats reads them): a template that lists tools itself and
+  writes calls its own way gets the tools and the history as they are: **hermes** (`<tool_call>` blocks:
+  Qwen 2.5, Hermes 2 Pro and 3), **llama3** (a `{"name": ..., "parameters": {...}}` object, maybe after
+  `<|python_tag|>`: Llama 3.1 to 3.3), **mistral** (`[TOOL_CALLS]` and a JSON list of calls; call ids in
+  the history shortened to the 9 characters its templates take).
 - **generic** (llama-server's format for a template without tool support, the default SmolLM2's and a
   model without a template): a system message lists the tools and asks for one JSON object, either a call
   `{"tool_call": {"name": ..., "arguments": {...}}}` (with parallel calls, `{"tool_calls": [...]}`) or a
@@ -22,7 +24,6 @@ when it makes one (call it on a worker thread).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -30,14 +31,15 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Literal
 
+import handler.service.tool_formats as formats
 from handler.core.errors import BadRequest
 from handler.core.types import NO_PARAMETERS, ChatMessage, ToolCall, ToolSpec  # noqa: F401 (NO_PARAMETERS: for routes)
-from handler.engine.grammar import framed_grammar, json_grammar
+from handler.engine.grammar import json_grammar
 
+ParsedAnswer = formats.ParsedAnswer  # the routes read these here
+call_id = formats.call_id
 ChoiceMode = Literal["auto", "none", "required", "function"]
 TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # OpenAI's rule for function names
-HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
-_WS = " \t\n\r"  # JSON's whitespace
 RESPONSE_OPEN = re.compile(r'[ \t\n\r]*\{[ \t\n\r]*"response"[ \t\n\r]*:[ \t\n\r]*"')
 _HEX4 = re.compile(r"[0-9a-fA-F]{4}")
 _PARTIAL_ESCAPE = re.compile(r"(\\(u[0-9a-fA-F]{0,3})?)?")  # what may still become a `\uXXXX` escape
@@ -46,6 +48,8 @@ _PARTIAL_ESCAPE = re.compile(r"(\\(u[0-9a-fA-F]{0,3})?)?")  # what may still bec
 class ToolStyle(StrEnum):
     GENERIC = "generic"
     HERMES = "hermes"
+    LLAMA3 = "llama3"
+    MISTRAL = "mistral"
 
 
 @dataclass(frozen=True)
@@ -72,14 +76,6 @@ class ToolRequest:
         return self.tools
 
 
-@dataclass(frozen=True)
-class ParsedAnswer:
-    """An answer read back: its text (None when it only calls tools), and its calls."""
-
-    content: str | None
-    calls: tuple[ToolCall, ...] = ()
-
-
 def tool_request(tools: Sequence[ToolSpec], choice: ToolChoice | None, parallel: bool | None) -> ToolRequest | None:
     """What a request asks, checked: None when it offers no tools (then a choice must ask for none).
     Raises BadRequest naming the field at fault."""
@@ -103,10 +99,17 @@ def tool_request(tools: Sequence[ToolSpec], choice: ToolChoice | None, parallel:
 
 def tool_style(template: str | None) -> ToolStyle:
     """How tools are called through a chat template (its source; None: the model has none, or the config
-    template is used): natively where the template lists tools and writes `<tool_call>` blocks, else the
-    generic format."""
-    if template is not None and "tools" in template and HERMES_OPEN in template:
+    template is used): natively where the template lists tools and writes calls in a format known here
+    (`<tool_call>` blocks; Llama 3's `<|python_tag|>` or `"parameters"` and `ipython` results;
+    `[TOOL_CALLS]`), else the generic format."""
+    if template is None or "tools" not in template:
+        return ToolStyle.GENERIC
+    if formats.HERMES_OPEN in template:
         return ToolStyle.HERMES
+    if formats.MISTRAL_CALLS in template:
+        return ToolStyle.MISTRAL
+    if formats.PYTHON_TAG in template or ('"parameters"' in template and "ipython" in template):
+        return ToolStyle.LLAMA3
     return ToolStyle.GENERIC
 
 
@@ -121,17 +124,25 @@ def plan_tools(request: ToolRequest | None, messages: Sequence[ChatMessage], tem
     call, parameters the grammar converter cannot handle."""
     style = tool_style(template)
     history = _named_tool_results(messages)
+    if style is ToolStyle.MISTRAL:
+        history = formats.mistral_history(history)
     parallel = request is not None and request.parallel
     if request is None or not request.offered:  # no tools, or `none`: the history alone, and a text answer
-        rendered = history if style is ToolStyle.HERMES else _generic_history(history, parallel)
+        rendered = history if style is not ToolStyle.GENERIC else _generic_history(history, parallel)
         return ToolPlan(style, tuple(rendered), (), None, False)
     offered = request.offered
-    call = _call_schema(offered, [_parameters(tool, request.tools.index(tool)) for tool in offered])
-    forced = request.choice.mode != "auto"
-    if style is ToolStyle.HERMES:
-        frame = (HERMES_OPEN + "\n", "\n" + HERMES_CLOSE)
-        grammar = framed_grammar(call, *frame, repeat=parallel, param="tools") if forced else None
+    parameters = [_parameters(tool, request.tools.index(tool)) for tool in offered]
+    call = formats.call_schema(offered, parameters, "parameters" if style is ToolStyle.LLAMA3 else "arguments")
+    if style is not ToolStyle.GENERIC:  # `auto` samples freely: the answer is text or calls, as the model writes
+        grammar = None
+        if request.choice.mode != "auto" and style is ToolStyle.HERMES:
+            grammar = formats.hermes_grammar(call, parallel)
+        elif request.choice.mode != "auto" and style is ToolStyle.MISTRAL:
+            grammar = formats.mistral_grammar(call, parallel)
+        elif request.choice.mode != "auto":
+            grammar = formats.llama_grammar(call)
         return ToolPlan(style, tuple(history), offered, grammar, True)
+    forced = request.choice.mode != "auto"
     calls = {"type": "array", "items": call, "minItems": 1} if parallel else call
     key = "tool_calls" if parallel else "tool_call"
     wrapped = {"type": "object", "properties": {key: calls}, "required": [key]}
@@ -158,18 +169,13 @@ def generic_instructions(tools: Sequence[ToolSpec], choice: ToolChoice, parallel
     return f"You can call these tools (`parameters` is the JSON Schema of a tool's arguments):\n{listing}\n\n{call_it}"
 
 
-def call_id(seed: str, index: int) -> str:
-    """A call's id: `call_` and hex, the same for the same answer to the same request (seed: the response's id)."""
-    return "call_" + hashlib.sha256(f"{seed}/{index}".encode()).hexdigest()[:24]
-
-
 @dataclass(frozen=True)
 class ToolPlan:
     """What the model is given for a request with tools, and how its answer is read."""
 
     style: ToolStyle
     messages: tuple[ChatMessage, ...]  # to render, through the template or the config template
-    tools: tuple[ToolSpec, ...]  # for the template to list (hermes); () when the messages already do
+    tools: tuple[ToolSpec, ...]  # for the template to list (native formats); () when the messages already do
     grammar: str | None  # what the answer is held to; None: free text
     reads_calls: bool  # False: tools are not offered (none of them, or `none`): the answer is text
 
@@ -178,7 +184,11 @@ class ToolPlan:
         if not self.reads_calls:
             return ParsedAnswer(text)
         if self.style is ToolStyle.HERMES:
-            return _parse_hermes(text, seed)
+            return formats.parse_hermes(text, seed)
+        if self.style is ToolStyle.LLAMA3:
+            return formats.parse_llama(text, seed)
+        if self.style is ToolStyle.MISTRAL:
+            return formats.parse_mistral(text, seed)
         return _parse_generic(text, seed)
 
     def stream(self, seed: str) -> ToolStream:
@@ -203,7 +213,11 @@ class ToolStream:
         if not self.plan.reads_calls:
             settled = self._text
         elif self.plan.style is ToolStyle.HERMES:
-            settled = _hermes_settled(self._text)
+            settled = formats.tagged_settled(self._text, formats.HERMES_OPEN)
+        elif self.plan.style is ToolStyle.MISTRAL:
+            settled = formats.tagged_settled(self._text, formats.MISTRAL_CALLS)
+        elif self.plan.style is ToolStyle.LLAMA3:
+            settled = formats.llama_settled(self._text)
         else:
             settled = self._reply_so_far()
         return self._advance(settled)
@@ -237,19 +251,6 @@ def _parameters(tool: ToolSpec, index: int) -> dict[str, Any]:
     schema: dict[str, Any] = json.loads(tool.parameters)
     json_grammar(schema, f"tools.{index}.function.parameters")
     return schema
-
-
-def _call_schema(tools: Sequence[ToolSpec], parameters: list[dict[str, Any]]) -> dict[str, Any]:
-    """One call of any of `tools`: its name first, then its arguments."""
-    each = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": tool.name}, "arguments": schema},
-            "required": ["name", "arguments"],
-        }
-        for tool, schema in zip(tools, parameters, strict=True)
-    ]
-    return each[0] if len(each) == 1 else {"anyOf": each}
 
 
 def _named_tool_results(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
@@ -313,15 +314,6 @@ def _loaded(arguments: str) -> Any:
         return arguments
 
 
-def _call(value: object, seed: str, index: int) -> ToolCall | None:
-    """`{"name": ..., "arguments": ...}` as a call; None when it is not one."""
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-        return None
-    arguments = value.get("arguments", {})
-    text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
-    return ToolCall(call_id(seed, index), value["name"], _clean(text))
-
-
 def _parse_generic(text: str, seed: str) -> ParsedAnswer:
     reply = _reply(text)
     if reply is not None:
@@ -333,7 +325,7 @@ def _parse_generic(text: str, seed: str) -> ParsedAnswer:
     if isinstance(value, dict):
         written = value.get("tool_calls", [value["tool_call"]] if "tool_call" in value else None)
         if isinstance(written, list) and written:
-            calls = [_call(item, seed, i) for i, item in enumerate(written)]
+            calls = [formats.read_call(item, seed, i) for i, item in enumerate(written)]
             if all(call is not None for call in calls):
                 return ParsedAnswer(None, tuple(call for call in calls if call is not None))
         if isinstance(value.get("response"), str):
@@ -382,55 +374,7 @@ def _decode(body: str) -> str:
     return str(json.loads(f'"{body}"', strict=False))
 
 
-def _clean(text: str) -> str:
-    """Lone surrogates (JSON can escape them; no UTF-8 answer can carry them) as U+FFFD."""
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _parse_hermes(text: str, seed: str) -> ParsedAnswer:
-    """`<tool_call>` blocks after the text, each a JSON call; the text before them is the answer's text
-    (without its trailing whitespace). If any block does not read as a call, the whole answer is text."""
-    start = text.find(HERMES_OPEN)
-    if start < 0:
-        return ParsedAnswer(text)
-    decoder = json.JSONDecoder(strict=False)
-    calls: list[ToolCall] = []
-    position = start
-    while True:
-        position = _skip_space(text, position)
-        if not text.startswith(HERMES_OPEN, position):
-            break
-        try:
-            value, position = decoder.raw_decode(text, _skip_space(text, position + len(HERMES_OPEN)))
-        except ValueError:
-            return ParsedAnswer(text)
-        call = _call(value, seed, len(calls))
-        if call is None:
-            return ParsedAnswer(text)
-        calls.append(call)
-        position = _skip_space(text, position)
-        if text.startswith(HERMES_CLOSE, position):
-            position += len(HERMES_CLOSE)
-        elif position < len(text):
-            return ParsedAnswer(text)
-    return ParsedAnswer(text[:start].rstrip() or None, tuple(calls))
-
-
-def _hermes_settled(text: str) -> str:
-    """What is known to be the answer's text: before any `<tool_call>` (or the start of one), without
-    trailing whitespace (dropped if a call follows)."""
-    start = text.find(HERMES_OPEN)
-    if start < 0:
-        start = len(text) - next(
-            (n for n in range(min(len(HERMES_OPEN) - 1, len(text)), 0, -1) if text.endswith(HERMES_OPEN[:n])), 0
-        )
-    return text[:start].rstrip()
-
-
-def _skip_space(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _WS:
-        i += 1
-    return i
+_clean = formats.clean
 
 
 def argument_pieces(arguments: str, size: int = 24) -> list[str]:

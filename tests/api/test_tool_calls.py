@@ -87,6 +87,25 @@ HERMES_TEMPLATE = (  # as Qwen 2.5's: the tools in the system message, calls and
     "{% endfor %}<|im_end|>\n{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}"
     "{% endfor %}<|im_start|>assistant\n"
 )
+LLAMA3_TEMPLATE = (  # as Llama 3.1's: the tools in the system message, a call as JSON, results as ipython
+    "{% if tools %}<|start_header_id|>system<|end_header_id|>\n\nYou may call: {% for t in tools %}{{ t | tojson }}\n"
+    '{% endfor %}Answer a call as {"name": function name, "parameters": its arguments}<|eot_id|>{% endif %}'
+    "{% for m in messages %}{% if m.role == 'tool' %}<|start_header_id|>ipython<|end_header_id|>\n\n"
+    "{{ m.content }}<|eot_id|>{% elif m.tool_calls %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    '{"name": "{{ m.tool_calls[0].function.name }}", "parameters": {{ m.tool_calls[0].function.arguments | tojson }}}'
+    "<|eot_id|>{% else %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content }}<|eot_id|>{% endif %}"
+    "{% endfor %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+MISTRAL_TEMPLATE = (  # as Mistral Nemo's: the tools before the question, calls as a list, 9-character ids
+    "{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}{% for m in messages %}"
+    "{% if m.role == 'tool' %}[TOOL_RESULTS]{{ m.tool_call_id }}: {{ m.content }}[/TOOL_RESULTS]"
+    "{% elif m.tool_calls %}[TOOL_CALLS][{% for c in m.tool_calls %}"
+    "{% if not (c.id is string and c.id | length == 9) %}{{ raise_exception('Tool call IDs should be "
+    "alphanumeric strings with length 9!') }}{% endif %}"
+    '{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}, "id": "{{ c.id }}"}'
+    "{% endfor %}]</s>{% elif m.role == 'user' %}[INST]{{ m.content }}[/INST]{% else %}{{ m.content }}</s>"
+    "{% endif %}{% endfor %}"
+)
 
 
 AUTO = ToolChoice()
@@ -131,6 +150,12 @@ def test_the_style_follows_the_template() -> None:
     assert tool_style(SMOL_TEMPLATE) is ToolStyle.GENERIC  # the default model's ChatML knows no tools
     assert tool_style(HERMES_TEMPLATE) is ToolStyle.HERMES
     assert tool_style("{{ '<tool_call>' }} without the word") is ToolStyle.GENERIC
+    assert tool_style(LLAMA3_TEMPLATE) is ToolStyle.LLAMA3
+    assert tool_style("{% if tools %}{{ '<|python_tag|>' }}{% endif %}") is ToolStyle.LLAMA3
+    assert tool_style("{{ tools }} ipython, no parameters") is ToolStyle.GENERIC
+    assert tool_style("{{ '\"parameters\"' }} ipython, but no tool list") is ToolStyle.GENERIC
+    assert tool_style(MISTRAL_TEMPLATE) is ToolStyle.MISTRAL
+    assert tool_style("{{ '[TOOL_CALLS]' }} without the word") is ToolStyle.GENERIC
 
 
 def test_the_generic_prompt_lists_the_tools_in_a_system_message() -> None:
@@ -194,6 +219,56 @@ def test_hermes_templates_get_the_tools_and_a_framed_grammar_when_a_call_is_aske
         LlamaGrammar.from_string(grammar, verbose=False)
     none = plan_tools(request_of(ToolChoice("none")), messages, HERMES_TEMPLATE)
     assert none.tools == () and not none.reads_calls
+
+
+def test_native_templates_get_the_tools_and_grammars_in_their_own_format() -> None:
+    messages = [ChatMessage("user", "x")]
+    for template in (LLAMA3_TEMPLATE, MISTRAL_TEMPLATE):
+        auto = plan_tools(request_of(), messages, template)
+        assert auto.grammar is None and auto.tools == request_of().tools and auto.messages == tuple(messages)
+        none = plan_tools(request_of(ToolChoice("none")), messages, template)
+        assert none.grammar is None and none.tools == () and not none.reads_calls
+    llama = plan_tools(request_of(ToolChoice("required")), messages, LLAMA3_TEMPLATE).grammar
+    assert llama is not None and '"\\"parameters\\""' in llama and '"\\"arguments\\""' not in llama
+    assert '"\\"get_time\\""' in llama and '"\\"get_weather\\""' in llama
+    named = plan_tools(request_of(ToolChoice("function", "get_time")), messages, LLAMA3_TEMPLATE).grammar
+    assert named is not None and '"\\"get_time\\""' in named and "get_weather" not in named
+    mistral = plan_tools(request_of(ToolChoice("required")), messages, MISTRAL_TEMPLATE).grammar
+    assert mistral is not None and mistral.startswith('root ::= "[TOOL_CALLS]" ')
+    assert '"\\"arguments\\""' in mistral and '"\\"parameters\\""' not in mistral
+    parallel = plan_tools(request_of(ToolChoice("required"), parallel=True), messages, MISTRAL_TEMPLATE).grammar
+    assert parallel is not None and parallel != mistral  # one call at most, unless parallel
+    for grammar in (llama, named, mistral, parallel):
+        LlamaGrammar.from_string(grammar, verbose=False)
+
+
+def test_native_templates_render_the_tools_and_the_history() -> None:
+    call = ToolCall("call_" + "a" * 24, "get_time", '{"zone": "CET"}')
+    history = [
+        ChatMessage("user", "What time is it?"),
+        ChatMessage("assistant", "", (call,)),
+        ChatMessage("tool", "12:00", tool_call_id=call.id),
+    ]
+    llama = plan_tools(request_of(), history, LLAMA3_TEMPLATE)
+    assert llama.messages[1].tool_calls == (call,)  # as they are
+    text = "".join(
+        s.text
+        for s in ChatTemplate(ChatMetadata(LLAMA3_TEMPLATE, "<s>", "</s>"), LLAMA3_TEMPLATE)
+        .render(llama.messages, llama.tools)
+        .segments
+    )
+    assert '"name": "get_weather"' in text and '{"name": "get_time", "parameters": {"zone": "CET"}}' in text
+    assert "<|start_header_id|>ipython<|end_header_id|>\n\n12:00" in text
+    mistral = plan_tools(request_of(), history, MISTRAL_TEMPLATE)
+    short = mistral.messages[1].tool_calls[0].id
+    assert len(short) == 9 and short.isalnum() and mistral.messages[2].tool_call_id == short
+    assert plan_tools(request_of(), history, MISTRAL_TEMPLATE).messages == mistral.messages  # the same each time
+    template = ChatTemplate(ChatMetadata(MISTRAL_TEMPLATE, "<s>", "</s>"), MISTRAL_TEMPLATE)
+    text = "".join(s.text for s in template.render(mistral.messages, mistral.tools).segments)
+    assert f'[TOOL_CALLS][{{"name": "get_time", "arguments": {{"zone": "CET"}}, "id": "{short}"}}]' in text
+    assert f"[TOOL_RESULTS]{short}: 12:00[/TOOL_RESULTS]" in text and '"name": "get_time"' in text
+    with pytest.raises(BadRequest):  # the ids as they came: what the template refuses
+        template.render(tuple(history), mistral.tools)
 
 
 def test_a_hermes_template_renders_the_tools_and_the_history() -> None:
@@ -348,13 +423,84 @@ def test_hermes_answers_read_back() -> None:
         assert parsed.content == answer and parsed.calls == ()
 
 
-@pytest.mark.parametrize("style", ["generic", "hermes"])
+LLAMA3_ANSWERS = [
+    '{"name": "get_time", "parameters": {"zone": "CET", "seconds": true}}',
+    '<|python_tag|>{"type": "function", "name": "get_weather", "parameters": {"city": "Oslo", "unit": "celsius"}}',
+    'Let me check. <|python_tag|>{"name": "get_time", "parameters": {"zone": "A"}}',
+    ' {"name": "get_time", "parameters": {"zone": "A"}}; {"name": "get_weather", "parameters": "{\\"city\\": 1}"}',
+    "Just text with {braces} and a <|python sign.",
+    '{"name": "get_time", "arguments": {"zone": "A"}}',  # `arguments` is not Llama's word
+    '{"name": "get_time", "parameters": {"zone": "A"}} and text after',
+    '{"type": "code", "name": "get_time", "parameters": {}}',
+    '{"name": "get_time", "parameters": {"zo',  # cut by max_tokens
+]
+
+
+def test_llama3_answers_read_back() -> None:
+    plan = plan_tools(request_of(), [ChatMessage("user", "x")], LLAMA3_TEMPLATE)
+    bare, tagged, before, two, *texts = (plan.parse(answer, "r") for answer in LLAMA3_ANSWERS)
+    assert bare.content is None and bare.calls == (
+        ToolCall(call_id("r", 0), "get_time", '{"zone":"CET","seconds":true}'),
+    )
+    assert tagged.content is None and [(c.name, c.arguments) for c in tagged.calls] == [
+        ("get_weather", '{"city":"Oslo","unit":"celsius"}')
+    ]
+    assert before.content == "Let me check." and [c.arguments for c in before.calls] == ['{"zone":"A"}']
+    assert two.content is None and [(c.id, c.name, c.arguments) for c in two.calls] == [
+        (call_id("r", 0), "get_time", '{"zone":"A"}'),
+        (call_id("r", 1), "get_weather", '{"city": 1}'),  # parameters written as a string stay as written
+    ]
+    for answer, parsed in zip(LLAMA3_ANSWERS[4:], texts, strict=True):
+        assert parsed.content == answer and parsed.calls == ()
+
+
+MISTRAL_ANSWERS = [
+    'Sure.\n[TOOL_CALLS][{"name": "get_time", "arguments": {"zone": "CET", "seconds": true}, "id": "abcdefghi"}]',
+    '[TOOL_CALLS] [{"name": "get_time", "arguments": {"zone": "A"}}, {"name": "get_weather", "arguments": {}}]\n',
+    '[TOOL_CALLS]get_time[ARGS]{"zone": "B"}[TOOL_CALLS]get_weather[CALL_ID]a1b2c3d4e[ARGS]{"city": "C"}',
+    "No calls here, [TOOL_ and [brackets].",
+    "[TOOL_CALLS][]",
+    '[TOOL_CALLS]{"name": "get_time", "arguments": {}}',  # not a list
+    '[TOOL_CALLS][{"name": "get_time", "arguments": {}}] and text after',
+    '[TOOL_CALLS][{"arguments": {}}]',  # no name
+    'Text [TOOL_CALLS][{"name": "get_time", "argu',  # cut by max_tokens
+]
+
+
+def test_mistral_answers_read_back() -> None:
+    plan = plan_tools(request_of(), [ChatMessage("user", "x")], MISTRAL_TEMPLATE)
+    before, listed, named, *texts = (plan.parse(answer, "r") for answer in MISTRAL_ANSWERS)
+    assert before.content == "Sure." and before.calls == (
+        ToolCall(call_id("r", 0), "get_time", '{"zone":"CET","seconds":true}'),
+    )
+    assert listed.content is None and [(c.id, c.name, c.arguments) for c in listed.calls] == [
+        (call_id("r", 0), "get_time", '{"zone":"A"}'),
+        (call_id("r", 1), "get_weather", "{}"),
+    ]
+    assert named.content is None and [(c.name, c.arguments) for c in named.calls] == [
+        ("get_time", '{"zone":"B"}'),
+        ("get_weather", '{"city":"C"}'),
+    ]
+    for answer, parsed in zip(MISTRAL_ANSWERS[3:], texts, strict=True):
+        assert parsed.content == answer and parsed.calls == ()
+
+
+STYLES = {
+    "generic": (None, GENERIC_ANSWERS),
+    "hermes": (HERMES_TEMPLATE, HERMES_ANSWERS),
+    "llama3": (LLAMA3_TEMPLATE, LLAMA3_ANSWERS),
+    "mistral": (MISTRAL_TEMPLATE, MISTRAL_ANSWERS),
+}
+
+
+@pytest.mark.parametrize("style", list(STYLES))
 def test_a_stream_adds_up_to_the_answer_read_whole(style: str) -> None:
-    template = HERMES_TEMPLATE if style == "hermes" else None
-    answers = HERMES_ANSWERS if style == "hermes" else GENERIC_ANSWERS
+    template, answers = STYLES[style]
     plan = plan_tools(request_of(), [ChatMessage("user", "x")], template)
+    assert plan.style is ToolStyle(style)
     rng = random.Random(7)
-    for answer in [*answers, *GENERIC_ANSWERS, *HERMES_ANSWERS, ""]:
+    others = [answer for _, style_answers in STYLES.values() for answer in style_answers]
+    for answer in [*answers, *others, ""]:
         whole = plan.parse(answer, "rid")
         for cuts in ([*range(len(answer))], sorted(rng.sample(range(len(answer) + 1), min(3, len(answer) + 1)))):
             reader = plan.stream("rid")
@@ -367,8 +513,14 @@ def test_a_stream_adds_up_to_the_answer_read_whole(style: str) -> None:
     if style == "generic":
         assert reader.feed('{"response": "Hel') == "Hel" and reader.feed("lo \\u00") == "lo "
         assert reader.feed('e9!"}') == "é!"
-    else:
+    elif style == "hermes":
         assert reader.feed("Let me <tool") == "Let me" and reader.feed("ing>") == " <tooling>"
+    elif style == "mistral":
+        assert reader.feed("Let me [TOOL_") == "Let me" and reader.feed("S]") == " [TOOL_S]"
+    else:
+        assert reader.feed("Let me <|python") == "Let me" and reader.feed("|>") == " <|python|>"
+        reader = plan.stream("rid")
+        assert reader.feed(' {"name": "get_time"') == "" and reader.feed("}") == ""  # held: it may be a call
 
 
 def test_argument_pieces_add_up() -> None:
