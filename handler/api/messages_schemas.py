@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from handler.api.openai_schemas import Text
+from handler.api.openai_schemas import LoraScale, Text
 from handler.api.parameters import refuse_undeclared
 from handler.cache.policy import CacheMode
 from handler.core.errors import BadRequest
@@ -152,13 +152,7 @@ class MessagesRequest(BaseModel):
     service_tier: str | None = Field(None, description="Accepted; there is one tier.")
     stream: bool = Field(False, description="Server-sent events; under a function (Mangum), sent all at once.")
     cache: CacheMode = Field("default", description="As on /chat; `Cache-Control` works too (an extension).")
-    lora_scale: float | None = Field(
-        None,
-        ge=-10,
-        le=10,
-        allow_inf_nan=False,
-        description="With a LoRA adapter's model id: the scale it is applied at, 1.0 when left out (an extension).",
-    )
+    lora_scale: LoraScale = None
 
     @field_validator("stop_sequences")
     @classmethod

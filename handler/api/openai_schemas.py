@@ -31,6 +31,17 @@ NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
     "function_call": ("none",),
 }
 TOKEN_ID = re.compile(r"[0-9]{1,10}")
+# The scale of a LoRA adapter named by the model id, on every route that takes one.
+LoraScale = Annotated[
+    float | None,
+    Field(
+        ge=-10,
+        le=10,
+        allow_inf_nan=False,
+        description="With a LoRA adapter's model id (`<model>:<adapter>`): the scale it is applied at, 1.0 "
+        "when left out (an extension).",
+    ),
+]
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on chat
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit on completions
 
@@ -141,14 +152,7 @@ class OpenAIRequest(BaseModel):
         description="`json_object` or `json_schema`: the answer is held to JSON (to the schema) by a llama.cpp "
         "grammar while it is sampled; it parses unless max_tokens cuts it (finish_reason `length`).",
     )
-    lora_scale: float | None = Field(
-        None,
-        ge=-10,
-        le=10,
-        allow_inf_nan=False,
-        description="With a LoRA adapter's model id (`<model>:<adapter>`): the scale it is applied at, 1.0 "
-        "when left out (an extension).",
-    )
+    lora_scale: LoraScale = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]] | None = Field(
         None, description="Token id (a string) to a bias, -100 to 100, added to its logit before sampling."
     )

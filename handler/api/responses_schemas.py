@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from handler.api.openai_schemas import JsonObjectFormat, Text, TextFormat
+from handler.api.openai_schemas import JsonObjectFormat, LoraScale, Text, TextFormat
 from handler.api.parameters import refuse_undeclared
 from handler.cache.policy import CacheMode
 from handler.core.errors import BadRequest
@@ -236,13 +236,7 @@ class ResponsesRequest(BaseModel):
         None, description="Only `disabled`: an input too long for the context is a 400, never cut."
     )
     cache: CacheMode = Field("default", description="As on /chat; `Cache-Control` works too (an extension).")
-    lora_scale: float | None = Field(
-        None,
-        ge=-10,
-        le=10,
-        allow_inf_nan=False,
-        description="With a LoRA adapter's model id: the scale it is applied at, 1.0 when left out (an extension).",
-    )
+    lora_scale: LoraScale = None
 
     def unsupported(self) -> None:
         """Raise a 400 naming the first parameter this service cannot honour."""
